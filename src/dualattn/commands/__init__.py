@@ -1,0 +1,1 @@
+"""Sub-command groups of the ``dualattn`` CLI; each module defines ``register(app)``."""
