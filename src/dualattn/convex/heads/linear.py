@@ -1,0 +1,85 @@
+"""Linear self-attention head (Sahiner et al. 2022, Thm 3.1), globally average-pooled.
+
+Nonconvex model with m heads, ``W1j (d, d)``, ``W2j (d, c)``::
+
+    f(X) = sum_j X W1j X^T X W2j,        fbar(X) = (1/s) 1^T f(X) = sum_j xbar^T W1j G W2j,
+
+with ``xbar = X^T 1 / s`` and ``G = X^T X``.  Writing ``X W1 G W2 = sum_{k,l} G[k,l] X w1_k w2_l^T``
+(``w1_k`` = column k of W1, ``w2_l`` = row l of W2) gives the lifted variable
+``Z = sum_j vec_c(W1j) vec_r(W2j)^T in R^{d^2 x dc}`` made of ``d x c`` blocks
+``Z^{(k,l)} = sum_j W1j[:, k] W2j[l, :]``, stored at rows ``k*d:(k+1)*d`` and
+columns ``l*c:(l+1)*c``, i.e. ``Z[k*d + a, l*c + e] = sum_j W1j[a, k] W2j[l, e]``.
+Then ``fbar(X) = sum_{k,l} G[k,l] xbar^T Z^{(k,l)}`` and weight decay
+``beta/2 sum_j (||W1j||^2 + ||W2j||^2)`` becomes ``beta ||Z||_*``.
+
+Recovery: ``Z = sum_j s_j u_j v_j^T`` gives ``W1j = sqrt(s_j) reshape_{d x d}(u_j)^T``
+(row-major reshape, then transpose, because rows are indexed ``(k, a)``) and
+``W2j = sqrt(s_j) reshape_{d x c}(v_j)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from dualattn.convex.heads import register_head
+from dualattn.convex.heads.base import ConvexHead, Weights
+
+
+def _to_pooled_basis(Z: Tensor, d: int, c: int) -> Tensor:
+    """``Z (1, d^2, dc)`` with entries ``[(k,a),(l,e)]`` -> ``(d^2, dc)`` with ``[(k,l),(a,e)]``."""
+    return Z.reshape(d, d, d, c).permute(0, 2, 1, 3).reshape(d * d, d * c)
+
+
+def _from_pooled_basis(Zp: Tensor, d: int, c: int) -> Tensor:
+    """Inverse of :func:`_to_pooled_basis`."""
+    return Zp.reshape(d, d, d, c).permute(0, 2, 1, 3).reshape(1, d * d, d * c)
+
+
+@register_head("linear")
+class LinearAttentionHead(ConvexHead):
+    """Linear self-attention: ``min_Z L(sum_{k,l} G_i[k,l] xbar_i^T Z^{(k,l)}, y) + beta ||Z||_*``."""
+
+    def variable_shape(self) -> tuple[int, int, int]:
+        self._require_setup()
+        return (1, self.d * self.d, self.d * self.c)
+
+    def features(self, X: Tensor) -> dict[str, Tensor]:
+        """``xbar (n, d)`` and ``G (n, d*d)`` (row-major ``X^T X``); never the lifted ``d^3`` features."""
+        X = X.to(device=self.device, dtype=self.dtype)
+        xbar = X.mean(dim=1)
+        G = torch.einsum("nsk,nsl->nkl", X, X).reshape(X.shape[0], -1)
+        return {"xbar": xbar, "G": G}
+
+    def apply(self, Z: Tensor, feats: dict[str, Tensor]) -> Tensor:
+        """``fbar_i[e] = sum_{k,l,a} G_i[k,l] xbar_i[a] Z[(k,a),(l,e)]`` via one matmul + one einsum."""
+        d, c = self.d, self.c
+        xbar, G = feats["xbar"], feats["G"]
+        H = (G @ _to_pooled_basis(Z, d, c)).reshape(-1, d, c)
+        return torch.einsum("na,nae->ne", xbar, H)
+
+    def adjoint(self, V: Tensor, feats: dict[str, Tensor]) -> Tensor:
+        """``A^*(V)[(k,a),(l,e)] = sum_i G_i[k,l] xbar_i[a] V_i[e]``."""
+        d, c = self.d, self.c
+        xbar, G = feats["xbar"], feats["G"]
+        W = (xbar[:, :, None] * V[:, None, :]).reshape(-1, d * c)
+        return _from_pooled_basis(G.transpose(0, 1) @ W, d, c)
+
+    def unlift(self, a: Tensor, b: Tensor, gate: Tensor) -> Weights:
+        d, c = self.d, self.c
+        return {"W1": a.reshape(-1, d, d).transpose(1, 2).contiguous(), "W2": b.reshape(-1, d, c).contiguous()}
+
+    def nonconvex_forward(self, weights: Weights, X: Tensor) -> Tensor:
+        """Literal formula: ``mean_tokens( sum_j (X W1j X^T) (X W2j) )``."""
+        W1, W2 = weights["W1"], weights["W2"]
+        X = X.to(W1.dtype)
+        scores = torch.einsum("nsa,hab,ntb->nhst", X, W1, X)
+        vals = torch.einsum("ntd,hdc->nhtc", X, W2)
+        return (scores @ vals).mean(dim=2).sum(dim=1)
+
+    def init_nonconvex(self, m: int, *, generator: torch.Generator | None = None, scale: float = 0.1) -> Weights:
+        self._require_setup()
+        d, c = self.d, self.c
+        W1 = torch.randn(m, d, d, generator=generator, dtype=self.dtype) * scale
+        W2 = torch.randn(m, d, c, generator=generator, dtype=self.dtype) * scale
+        return {"W1": W1.to(self.device), "W2": W2.to(self.device)}
