@@ -1,1 +1,25 @@
-"""dualattn.data"""
+"""dualattn.data: datasets and generators returning :class:`SequenceData`.
+
+``load_dataset(name, split, *, root=None, cache_dir=None, seed=0, **options)``
+with ``split`` in ``"train", "val", "test"``; see ``docs/data.md``.
+"""
+
+from . import listops as _listops  # noqa: F401  (registers "listops", "listops-small")
+from . import uea as _uea  # noqa: F401  (registers UEA names)
+from .base import (
+    SPLITS,
+    SequenceData,
+    available_datasets,
+    load_dataset,
+    register_dataset,
+    resolve_cache_dir,
+)
+
+__all__ = [
+    "SPLITS",
+    "SequenceData",
+    "available_datasets",
+    "load_dataset",
+    "register_dataset",
+    "resolve_cache_dir",
+]
