@@ -114,3 +114,21 @@ def test_bad_input_errors():
         head.features(torch.randn(2, 5, D, dtype=torch.float64))
     with pytest.raises(TypeError, match="floating-point"):
         head.features(torch.ones(2, 6, D, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("s,loss", [(6, "squared"), (5, "cross_entropy")])
+def test_fista_matches_cvxpy_and_recovery_is_optimal(s, loss):
+    from dualattn.convex import fit, nonconvex_objective
+
+    n, beta = 12, 0.1
+    X = torch.randn(n, s, D, dtype=torch.float64)
+    y = torch.randint(0, C, (n,))
+    ours = fit("fno", X, y, beta, loss=loss, tol=1e-7)
+    ref = fit("fno", X, y, beta, loss=loss, solver="cvxpy")
+    assert ours.status == "optimal"
+    assert abs(ours.objective - ref.objective) <= 1e-4 * abs(ref.objective)
+    module = ours.to_nonconvex()
+    nc = float(nonconvex_objective(module, X, y, beta, loss=loss).detach())
+    assert abs(nc - ours.objective) <= 1e-6 * abs(ours.objective)
+    # the FISTA iterate stays on complex embeddings (projection changes nothing)
+    assert torch.allclose(ours.Z, ours.head.encode(ours.head.decode(ours.Z)), atol=1e-12)

@@ -32,13 +32,14 @@ import torch
 from torch import Tensor
 
 from dualattn.convex.heads import register_head
-from dualattn.convex.heads.base import ConvexHead, Weights
+from dualattn.convex.heads.base import Weights
+from dualattn.convex.heads.mixer import TokenMixingHead
 
 READOUTS = ("first", "last", "mean")
 
 
 @register_head("fno")
-class FNOHead(ConvexHead):
+class FNOHead(TokenMixingHead):
     """Linear FNO head with the block (per-frequency) nuclear norm; see the module docstring."""
 
     trainable = ("W1re", "W1im", "W2re", "W2im")
@@ -60,14 +61,10 @@ class FNOHead(ConvexHead):
         return {"modes": self.modes, "readout": ro, "seed": self.seed}
 
     # ------------------------------------------------------------------ setup
-    def _require_s(self) -> int:
-        self._require_setup()
-        if self.s is None:
-            raise ValueError("head 'fno' mixes tokens: call setup(d, c, s=<number of tokens>)")
-        return int(self.s)
-
     def _setup(self, generator: torch.Generator) -> None:
-        s = self._require_s()
+        if self.s is None:  # deferred to bind_tokens
+            return
+        s = int(self.s)
         n_rfft = s // 2 + 1
         self.L = n_rfft if self.modes is None else min(self.modes, n_rfft)
         if isinstance(self.readout, Tensor):
@@ -90,15 +87,11 @@ class FNOHead(ConvexHead):
         self.complex_mask = (~real).to(torch.float64)
 
     def _move(self) -> None:
+        if self.s is None:
+            return
         self.rhat = self.rhat.to(device=self.device)
         self.weights_l = self.weights_l.to(device=self.device, dtype=self.dtype)
         self.complex_mask = self.complex_mask.to(device=self.device, dtype=self.dtype)
-
-    def check_X(self, X: Tensor) -> None:
-        super().check_X(X)
-        self._require_s()
-        if not X.is_floating_point():
-            raise TypeError(f"X must be a floating-point tensor, got dtype {X.dtype}")
 
     def variable_shape(self) -> tuple[int, int, int]:
         self._require_s()

@@ -27,8 +27,13 @@ from dualattn.convex.heads import register_head
 from dualattn.convex.heads.base import ConvexHead, Weights
 
 
-class _MixerBase(ConvexHead):
-    """Shared checks: mixer heads need the token count ``s`` at :meth:`setup`."""
+class TokenMixingHead(ConvexHead):
+    """Heads whose program depends on the token count ``s``.
+
+    ``s`` comes from ``setup(d, c, s=...)``, or is bound from the first ``X``
+    seen by :meth:`check_X` (``fit`` calls ``setup`` without ``s``); gates
+    are sampled at that moment, from the head's seed.
+    """
 
     def _require_s(self) -> int:
         self._require_setup()
@@ -36,11 +41,26 @@ class _MixerBase(ConvexHead):
             raise ValueError(f"head {self.name!r} mixes tokens: call setup(d, c, s=<number of tokens>)")
         return int(self.s)
 
+    def bind_tokens(self, s: int) -> None:
+        """Fix ``s`` (and sample the gates) if it is not fixed yet."""
+        self._require_setup()
+        if self.s is None:
+            if not (isinstance(s, int) and s > 0):
+                raise ValueError(f"s must be a positive int, got {s!r}")
+            self.s = s
+            self._setup(torch.Generator().manual_seed(self.seed))
+            self._move()
+
     def check_X(self, X: Tensor) -> None:
+        if isinstance(X, Tensor) and X.ndim == 3:
+            self.bind_tokens(int(X.shape[1]))
         super().check_X(X)
-        self._require_s()
         if not X.is_floating_point():
             raise TypeError(f"X must be a floating-point tensor, got dtype {X.dtype}")
+
+
+class _MixerBase(TokenMixingHead):
+    """Shared weight checks of the mixer heads."""
 
     def _check_weights(self, weights: Weights, X: Tensor) -> None:
         for key in ("W1", "W2"):
@@ -109,7 +129,10 @@ class MixerGatedHead(_MixerBase):
         return {"n_gates": self.n_gates, "seed": self.seed}
 
     def _setup(self, generator: torch.Generator) -> None:
-        s = self._require_s()
+        if self.s is None:  # deferred to bind_tokens
+            self.G = None
+            return
+        s = int(self.s)
         self.G = torch.randn(self.n_gates, s, s, generator=generator, dtype=torch.float64)
 
     def _move(self) -> None:
