@@ -1,0 +1,228 @@
+"""Public API in the style of scnn: ``fit(head, X, y, beta, ...) -> ConvexFit``.
+
+``fit`` solves ``min_Z sum_i loss(A_{X_i}(Z), y_i) + beta R(Z)`` for the given
+head type to a requested relative duality gap and returns the globally optimal
+convex model with its certificate, predictions and the equivalent nonconvex
+``nn.Module``.  ``fit_path`` solves along decreasing ``beta`` with warm starts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from dualattn.convex.heads import ConvexHead, get_head
+from dualattn.convex.heads.base import NonconvexHead
+from dualattn.convex.losses import Loss, check_beta, get_loss
+from dualattn.convex.operator import ChunkedOperator
+from dualattn.convex.solvers import fista, solve_cvxpy
+from dualattn.convex.solvers.result import SolveResult
+
+SOLVERS = ("fista", "cvxpy")
+
+
+def as_features(X, name: str = "X", dtype: torch.dtype = torch.float64) -> Tensor:
+    """Validate ``X``: a finite float ``(n, s, d)`` tensor/array with ``n, s, d >= 1``."""
+    if isinstance(X, np.ndarray):
+        X = torch.from_numpy(X)
+    if not isinstance(X, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or numpy array of shape (n, s, d), got {type(X).__name__}")
+    if not torch.is_floating_point(X):
+        raise TypeError(f"{name} must have a floating dtype, got {X.dtype}")
+    if X.ndim != 3 or min(X.shape) < 1:
+        raise ValueError(f"{name} must have shape (n, s, d) with n, s, d >= 1, got {tuple(X.shape)}")
+    if not torch.isfinite(X).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    return X.to(dtype)
+
+
+def as_targets(y) -> Tensor:
+    if isinstance(y, np.ndarray):
+        y = torch.from_numpy(y)
+    if not isinstance(y, Tensor):
+        raise TypeError(f"y must be a torch.Tensor or numpy array, got {type(y).__name__}")
+    return y
+
+
+@dataclass
+class ConvexFit:
+    """A solved convex head: optimal ``Z``, certificate and conversions."""
+
+    head: ConvexHead
+    Z: Tensor
+    beta: float
+    loss: Loss
+    objective: float
+    dual_objective: float
+    gap: float
+    rel_gap: float
+    iterations: int
+    time: float
+    status: str
+    solver: str
+    history: list[dict] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+    X_train: Tensor | None = field(default=None, repr=False)
+    Y_train: Tensor | None = field(default=None, repr=False)
+    _weights: dict = field(default_factory=dict, repr=False)
+
+    def predict(self, X) -> Tensor:
+        """Pooled outputs ``(n, c)`` of the convex model (logits for cross-entropy)."""
+        X = as_features(X, dtype=self.head.dtype).to(self.head.device)
+        op = ChunkedOperator(self.head, X, chunk_size=4096)
+        return op.forward(self.Z)
+
+    def predict_labels(self, X) -> Tensor:
+        """``argmax`` of :meth:`predict` (classification)."""
+        return self.predict(X).argmax(dim=1)
+
+    def nonconvex_weights(self, *, rtol: float = 1e-8) -> dict[str, Tensor]:
+        """Recovered nonconvex weights (one head/neuron per retained singular pair); cached."""
+        if rtol not in self._weights:
+            self._weights[rtol] = self.head.recover(self.Z, rtol=rtol, X=self.X_train)
+        return {k: v.clone() for k, v in self._weights[rtol].items()}
+
+    def to_nonconvex(self, *, rtol: float = 1e-8) -> NonconvexHead:
+        """``nn.Module`` with the recovered weights; same outputs and objective as the convex fit."""
+        return self.head.nonconvex_module(self.nonconvex_weights(rtol=rtol))
+
+    @property
+    def num_heads(self) -> int:
+        """Number of nonconvex heads needed (``m*`` = total rank of the blocks)."""
+        return int(next(iter(self.nonconvex_weights().values())).shape[0])
+
+    def summary(self) -> dict:
+        keys = ("objective", "dual_objective", "gap", "rel_gap", "iterations", "time", "status", "solver", "beta")
+        out = {k: getattr(self, k) for k in keys}
+        out.update(head=self.head.name, loss=self.loss.name, **{k: v for k, v in self.info.items() if np.isscalar(v)})
+        return out
+
+
+def nonconvex_objective(module: nn.Module, X, y, beta: float, *, loss: str | Loss = "squared",
+                        num_classes: int | None = None) -> Tensor:
+    """``sum_i loss(f(X_i), y_i) + beta/2 sum ||W||^2`` of a :class:`NonconvexHead` (differentiable)."""
+    lossf = get_loss(loss)
+    X = as_features(X, dtype=next(module.parameters()).dtype)
+    Y, _ = lossf.targets(as_targets(y), X.shape[0], num_classes)
+    Y = Y.to(X.device) if lossf.name == "cross_entropy" else Y.to(X)
+    return lossf.value(module(X), Y) + check_beta(beta) * module.penalty()
+
+
+def _prepare(head, X, y, beta, loss, num_classes, dtype, device, head_options):
+    head = get_head(head, **(head_options or {}))
+    lossf = get_loss(loss)
+    beta = check_beta(beta)
+    X = as_features(X, dtype=dtype)
+    Y, c = lossf.targets(as_targets(y), X.shape[0], num_classes)
+    head.setup(int(X.shape[2]), c, s=head.s, dtype=dtype, device=device)
+    X = X.to(device)
+    Y = Y.to(device) if lossf.name == "cross_entropy" else Y.to(device=device, dtype=dtype)
+    return head, lossf, beta, X, Y
+
+
+def fit(
+    head: str | ConvexHead,
+    X,
+    y,
+    beta: float,
+    *,
+    loss: str | Loss = "squared",
+    solver: str = "fista",
+    tol: float = 1e-4,
+    num_classes: int | None = None,
+    Z0: Tensor | None = None,
+    max_iter: int = 20000,
+    max_time: float | None = None,
+    verbose: bool = False,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float64,
+    chunk_size: int = 4096,
+    cvxpy_solver: str = "CLARABEL",
+    head_options: dict | None = None,
+    **solver_options,
+) -> ConvexFit:
+    """Globally optimal convex head for ``X (n, s, d)``, targets ``y`` and weight decay ``beta``.
+
+    ``loss``: ``"squared"`` (float targets ``(n,)``/``(n, c)``, or integer labels
+    one-hot encoded) or ``"cross_entropy"`` (integer labels in ``[0, c)``).
+    ``solver``: ``"fista"`` (stops at relative duality gap ``tol``) or ``"cvxpy"``
+    (reference; small problems).  Extra ``solver_options`` go to the solver.
+    """
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    head, lossf, beta, X, Y = _prepare(head, X, y, beta, loss, num_classes, dtype, device, head_options)
+    op = ChunkedOperator(head, X, chunk_size=chunk_size)
+    if solver == "fista":
+        res = fista(op, lossf, Y, beta, Z0=Z0, tol=tol, max_iter=max_iter, max_time=max_time,
+                    verbose=verbose, **solver_options)
+    else:
+        res = solve_cvxpy(op, lossf, Y, beta, solver=cvxpy_solver, verbose=verbose, **solver_options)
+    return _to_fit(head, lossf, beta, res, X, Y)
+
+
+def _to_fit(head: ConvexHead, lossf: Loss, beta: float, res: SolveResult, X: Tensor, Y: Tensor) -> ConvexFit:
+    fitted = ConvexFit(
+        head=head, Z=res.Z, beta=beta, loss=lossf, objective=res.objective, dual_objective=res.dual_objective,
+        gap=res.gap, rel_gap=res.rel_gap, iterations=res.iterations, time=res.time, status=res.status,
+        solver=res.solver, history=res.history, info=dict(res.info), X_train=X, Y_train=Y,
+    )
+    fitted.info.update(head.fit_report(fitted))
+    return fitted
+
+
+def beta_max(head: str | ConvexHead, X, y, *, loss: str | Loss = "squared", num_classes: int | None = None,
+             dtype: torch.dtype = torch.float64, device="cpu", head_options: dict | None = None) -> float:
+    """Smallest ``beta`` for which ``Z = 0`` is optimal: ``R°(A^* grad F(0))``."""
+    head, lossf, _, X, Y = _prepare(head, X, y, 1.0, loss, num_classes, dtype, device, head_options)
+    op = ChunkedOperator(head, X)
+    _, lam = lossf.value_grad(torch.zeros(X.shape[0], head.c, dtype=dtype, device=device), Y)
+    return float(head.dual_norm(op.adjoint(lam)))
+
+
+def fit_path(
+    head: str | ConvexHead,
+    X,
+    y,
+    betas,
+    *,
+    checkpoint: str | Path | None = None,
+    verbose: bool = False,
+    head_options: dict | None = None,
+    **fit_options,
+) -> list[ConvexFit]:
+    """Solve for every ``beta`` in decreasing order, warm-starting each from the previous ``Z``.
+
+    With ``checkpoint`` (a ``.pt`` file) finished solutions are saved after each
+    ``beta`` and reused on a rerun (resume).
+    """
+    betas = sorted((check_beta(b) for b in betas), reverse=True)
+    if not betas:
+        raise ValueError("betas must contain at least one value")
+    head = get_head(head, **(head_options or {}))
+    done: dict[float, dict] = {}
+    if checkpoint is not None and Path(checkpoint).exists():
+        done = torch.load(checkpoint, weights_only=False)
+    fits: list[ConvexFit] = []
+    Z0 = None
+    for k, beta in enumerate(betas):
+        if beta in done:
+            Z0 = done[beta]["Z"]
+        f = fit(head, X, y, beta, Z0=Z0, verbose=verbose, **fit_options)
+        fits.append(f)
+        Z0 = f.Z
+        if verbose:
+            print(f"[{k + 1}/{len(betas)}] beta={beta:.4g} obj={f.objective:.6g} rel_gap={f.rel_gap:.2e} "
+                  f"iters={f.iterations} time={f.time:.2f}s")
+        if checkpoint is not None:
+            done[beta] = {"Z": f.Z.detach().cpu(), "summary": json.loads(json.dumps(f.summary(), default=str))}
+            torch.save(done, checkpoint)
+    return fits
+
+
+__all__ = ["fit", "fit_path", "beta_max", "ConvexFit", "nonconvex_objective", "as_features"]

@@ -1,0 +1,186 @@
+"""Gated-ReLU and ReLU self-attention heads (globally average-pooled).
+
+Gated-ReLU head ``j`` with fixed gate matrix ``H_j`` (sampled, seeded)::
+
+    f(X) = sum_j (D_j(X) ∘ X W1j X^T) X W2j,       D_j(X) = 1{X H_j X^T >= 0}  (s x s).
+
+Pooling gives ``fbar(X)[e] = sum_{a,b,l} T_j[a,b,l] W1j[a,b] W2j[l,e]`` with the
+per-sample, per-gate third-order statistic
+
+    T_g[a, k, l] = (1/s) sum_{t,u} D_g[t,u] X[t,a] X[u,k] X[u,l]   ( = (1/s) X^T D_g (X ⊙_row X) ).
+
+For ``D = 1`` this is ``xbar[a] G[k,l]`` (the linear head).  Grouping the heads
+that share gate ``g`` into ``Z_g = sum_{j: g_j = g} vec_c(W1j) vec_r(W2j)^T`` (the
+same ``(d^2, dc)`` block layout as :mod:`.linear`) gives the exact convex program
+
+    min_{Z_1..Z_P}  L( sum_g <T_g, Z_g>, y ) + beta sum_g ||Z_g||_*.
+
+ReLU head ``f(X) = sum_j relu(X W1j X^T) X W2j``: the exact convex program
+constrains every ``W1`` factor of ``Z_g`` to the cone
+``K_g = {W : (2 D_g - 1) ∘ (X_i W X_i^T) >= 0 for all i}``.  We solve the gated
+program (a relaxation over the sampled gates) and realise it with ReLU heads by
+the cone decomposition ``W = W+ - W-``, ``W+ = W + tau H_g``, ``W- = tau H_g``
+(both in ``K_g`` for the smallest such ``tau``): then
+``D_g ∘ (X W X^T) = relu(X W+ X^T) - relu(X W- X^T)`` on the training data, so the
+ReLU network ``{(W+, W2), (W-, -W2)}`` reproduces the gated predictions exactly
+with a larger weight decay (the SOCP ``min ||W+|| + ||W-||`` picks the cheapest
+split, see :mod:`dualattn.convex.cone`).  :meth:`ReLUAttentionHead.fit_report` reports the
+cone violation of the gated factors and the ReLU network's objective.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from dualattn.convex.cone import relu_split, violation
+from dualattn.convex.heads import register_head
+from dualattn.convex.heads.base import ConvexHead, Weights
+
+
+@register_head("gated")
+class GatedAttentionHead(ConvexHead):
+    """Gated-ReLU self-attention with ``num_gates`` Gaussian gate matrices ``H_g (d, d)``."""
+
+    trainable = ("W1", "W2")
+
+    def __init__(self, num_gates: int = 8, *, seed: int = 0) -> None:
+        super().__init__(seed=seed)
+        if not (isinstance(num_gates, int) and num_gates >= 1):
+            raise ValueError(f"num_gates must be a positive int, got {num_gates!r}")
+        self.num_gates = num_gates
+        self.H: Tensor | None = None
+
+    def get_config(self) -> dict:
+        return {"num_gates": self.num_gates, "seed": self.seed}
+
+    def _setup(self, generator: torch.Generator) -> None:
+        d = self.d
+        self._H_cpu = torch.randn(self.num_gates, d, d, generator=generator, dtype=torch.float64) / d
+
+    def _move(self) -> None:
+        self.H = self._H_cpu.to(device=self.device, dtype=self.dtype)
+
+    def variable_shape(self) -> tuple[int, int, int]:
+        self._require_setup()
+        return (self.num_gates, self.d * self.d, self.d * self.c)
+
+    @staticmethod
+    def gates(X: Tensor, H: Tensor) -> Tensor:
+        """``D (n, P, s, s) = 1{X H_g X^T >= 0}`` as ``X``'s dtype."""
+        S = torch.einsum("nta,gab,nub->ngtu", X, H, X)
+        return (S >= 0).to(X.dtype)
+
+    def features(self, X: Tensor) -> dict[str, Tensor]:
+        """``T (n, P*d^3)`` with ``T[g, a, k, l] = (1/s) sum_{t,u} D_g[t,u] X[t,a] X[u,k] X[u,l]``."""
+        X = X.to(device=self.device, dtype=self.dtype)
+        n, s, d = X.shape
+        D = self.gates(X, self.H)
+        XX = (X[:, :, :, None] * X[:, :, None, :]).reshape(n, s, d * d)
+        R = torch.einsum("ngtu,num->ngtm", D, XX)
+        T = torch.einsum("nta,ngtm->ngam", X, R) / s
+        return {"T": T.reshape(n, -1)}
+
+    def _as_akl(self, Z: Tensor) -> Tensor:
+        """``Z (P, d^2, dc)`` with ``[(k,a),(l,e)]`` -> ``(P*d^3, c)`` rows ``(g, a, k, l)``."""
+        d, c = self.d, self.c
+        return Z.reshape(-1, d, d, d, c).permute(0, 2, 1, 3, 4).reshape(-1, c)
+
+    def apply(self, Z: Tensor, feats: dict[str, Tensor]) -> Tensor:
+        """``fbar_i = sum_g <T_{g,i}, Z_g>`` as one matmul ``T (n, P d^3) @ Z (P d^3, c)``."""
+        return feats["T"] @ self._as_akl(Z)
+
+    def adjoint(self, V: Tensor, feats: dict[str, Tensor]) -> Tensor:
+        d, c = self.d, self.c
+        W = feats["T"].transpose(0, 1) @ V  # (P*d^3, c) rows (g, a, k, l)
+        return W.reshape(-1, d, d, d, c).permute(0, 2, 1, 3, 4).reshape(-1, d * d, d * c)
+
+    def unlift(self, a: Tensor, b: Tensor, gate: Tensor) -> Weights:
+        d, c = self.d, self.c
+        return {
+            "W1": a.reshape(-1, d, d).transpose(1, 2).contiguous(),
+            "W2": b.reshape(-1, d, c).contiguous(),
+            "H": self.H[gate].clone(),
+        }
+
+    def nonconvex_forward(self, weights: Weights, X: Tensor) -> Tensor:
+        """Literal formula: ``mean_tokens( sum_j (D_j ∘ X W1j X^T) X W2j )``."""
+        W1, W2, H = weights["W1"], weights["W2"], weights["H"]
+        X = X.to(W1.dtype)
+        scores = torch.einsum("nsa,hab,ntb->nhst", X, W1, X)
+        mask = torch.einsum("nsa,hab,ntb->nhst", X, H, X) >= 0
+        vals = torch.einsum("ntd,hdc->nhtc", X, W2)
+        return ((scores * mask) @ vals).mean(dim=2).sum(dim=1)
+
+    def init_nonconvex(self, m: int, *, generator: torch.Generator | None = None, scale: float = 0.1) -> Weights:
+        self._require_setup()
+        d, c = self.d, self.c
+        gate = torch.arange(m) % self.num_gates
+        W1 = torch.randn(m, d, d, generator=generator, dtype=self.dtype) * scale
+        W2 = torch.randn(m, d, c, generator=generator, dtype=self.dtype) * scale
+        return {"W1": W1.to(self.device), "W2": W2.to(self.device), "H": self.H[gate.to(self.device)].clone()}
+
+
+def attention_constraints(X: Tensor) -> Tensor:
+    """Rows ``vec(x_t x_u^T)`` for every sample and token pair: ``(n*s*s, d*d)``, so that
+    ``rows @ vec(W) = x_t^T W x_u`` (the attention scores, linear in ``W``)."""
+    n, s, d = X.shape
+    return (X[:, :, None, :, None] * X[:, None, :, None, :]).reshape(n * s * s, d * d)
+
+
+@register_head("relu")
+class ReLUAttentionHead(GatedAttentionHead):
+    """ReLU self-attention, solved approximately through the gated program + cone decomposition.
+
+    ``decomposition``: ``"min-norm"`` (an SOCP per head, smallest weight decay) or
+    ``"closed-form"`` (``W + tau H, tau H``; cheap but larger weight decay).
+    """
+
+    def __init__(self, num_gates: int = 8, *, seed: int = 0, decomposition: str = "min-norm") -> None:
+        super().__init__(num_gates, seed=seed)
+        if decomposition not in ("min-norm", "closed-form"):
+            raise ValueError(f"decomposition must be 'min-norm' or 'closed-form', got {decomposition!r}")
+        self.decomposition = decomposition
+
+    def get_config(self) -> dict:
+        return super().get_config() | {"decomposition": self.decomposition}
+
+    def recover(self, Z: Tensor, *, rtol: float = 1e-8, X: Tensor | None = None) -> Weights:
+        """ReLU heads ``(W+, W2), (W-, -W2)`` realising the gated solution on the training ``X``."""
+        if X is None:
+            raise ValueError("relu head: recover(Z, X=...) needs the training inputs X for the cone decomposition")
+        g = super().recover(Z, rtol=rtol)
+        C0 = attention_constraints(X.to(g["W1"]))
+        W1, W2 = relu_split(C0, g["W1"], g["H"], g["W2"], method=self.decomposition)
+        return {"W1": W1, "W2": W2}
+
+    def nonconvex_forward(self, weights: Weights, X: Tensor) -> Tensor:
+        """Literal formula: ``mean_tokens( sum_j relu(X W1j X^T) X W2j )``."""
+        W1, W2 = weights["W1"], weights["W2"]
+        X = X.to(W1.dtype)
+        scores = torch.relu(torch.einsum("nsa,hab,ntb->nhst", X, W1, X))
+        vals = torch.einsum("ntd,hdc->nhtc", X, W2)
+        return (scores @ vals).mean(dim=2).sum(dim=1)
+
+    def init_nonconvex(self, m: int, *, generator: torch.Generator | None = None, scale: float = 0.1) -> Weights:
+        w = super().init_nonconvex(m, generator=generator, scale=scale)
+        return {"W1": w["W1"], "W2": w["W2"]}
+
+    def fit_report(self, fit) -> dict:
+        """Cone violation of the gated factors and the objective of the decomposed ReLU network."""
+        return super().fit_report(fit) | relu_report(self, GatedAttentionHead.recover(self, fit.Z), "H",
+                                                     attention_constraints, fit)
+
+
+def relu_report(head: ConvexHead, gated: Weights, gate_key: str, constraints, fit) -> dict:
+    """``cone_violation`` (relative, of the gated factors), ``relu_objective`` (nonconvex objective
+    of the decomposed ReLU network) and ``relu_excess = relu_objective - gated optimum``."""
+    X = fit.X_train
+    if X is None or gated["W1"].shape[0] == 0:
+        return {"cone_violation": 0.0, "relu_objective": fit.objective, "relu_excess": 0.0}
+    viol = violation(constraints(X.to(gated["W1"])), gated["W1"], gated[gate_key])
+    module = head.nonconvex_module(fit.nonconvex_weights())
+    with torch.no_grad():
+        obj = float(fit.loss.value(module(X), fit.Y_train) + fit.beta * module.penalty())
+    return {"cone_violation": viol, "relu_objective": obj, "relu_excess": obj - fit.objective,
+            "relu_heads": module.num_heads}

@@ -1,0 +1,119 @@
+"""Two-layer (gated-)ReLU MLP heads applied per token and average-pooled: the scnn baseline.
+
+Gated-ReLU MLP with fixed gate vectors ``h_j`` (sampled, seeded)::
+
+    fbar(X) = (1/s) sum_t sum_j 1{x_t^T h_j >= 0} (x_t^T w1_j) w2_j^T,   w1_j in R^d, w2_j in R^c.
+
+With ``m_g(X) = (1/s) sum_t 1{x_t^T h_g >= 0} x_t`` and ``Z_g = sum_{j: g_j = g} w1_j w2_j^T``
+(``d x c``) the weight-decayed problem is exactly
+
+    min_Z L( sum_g m_g(X_i)^T Z_g, y ) + beta sum_g ||Z_g||_*
+
+(for ``c = 1`` the nuclear norm is the group-lasso norm ``||z_g||_2`` that scnn
+solves; with ``s = 1`` this is exactly scnn's gated-ReLU / ReLU MLP).  The ReLU
+MLP (``relu(x_t^T w1_j)``) is realised from the gated solution by a cone
+decomposition ``w = p - q`` (:mod:`dualattn.convex.cone`) as in :mod:`.gated`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from dualattn.convex.heads import register_head
+from dualattn.convex.cone import relu_split
+from dualattn.convex.heads.gated import relu_report
+from dualattn.convex.heads.base import ConvexHead, Weights
+
+
+@register_head("mlp-gated")
+class GatedMLPHead(ConvexHead):
+    """Token-wise gated-ReLU MLP with ``num_gates`` Gaussian gate vectors, average-pooled."""
+
+    def __init__(self, num_gates: int = 16, *, seed: int = 0) -> None:
+        super().__init__(seed=seed)
+        if not (isinstance(num_gates, int) and num_gates >= 1):
+            raise ValueError(f"num_gates must be a positive int, got {num_gates!r}")
+        self.num_gates = num_gates
+        self.h: Tensor | None = None
+
+    def get_config(self) -> dict:
+        return {"num_gates": self.num_gates, "seed": self.seed}
+
+    def _setup(self, generator: torch.Generator) -> None:
+        self._h_cpu = torch.randn(self.num_gates, self.d, generator=generator, dtype=torch.float64)
+
+    def _move(self) -> None:
+        self.h = self._h_cpu.to(device=self.device, dtype=self.dtype)
+
+    def variable_shape(self) -> tuple[int, int, int]:
+        self._require_setup()
+        return (self.num_gates, self.d, self.c)
+
+    def features(self, X: Tensor) -> dict[str, Tensor]:
+        """``M (n, P*d)``: ``M[g] = (1/s) sum_t 1{x_t^T h_g >= 0} x_t``."""
+        X = X.to(device=self.device, dtype=self.dtype)
+        D = (X @ self.h.T >= 0).to(X.dtype)  # (n, s, P)
+        M = torch.einsum("nsg,nsd->ngd", D, X) / X.shape[1]
+        return {"M": M.reshape(X.shape[0], -1)}
+
+    def apply(self, Z: Tensor, feats: dict[str, Tensor]) -> Tensor:
+        return feats["M"] @ Z.reshape(-1, self.c)
+
+    def adjoint(self, V: Tensor, feats: dict[str, Tensor]) -> Tensor:
+        return (feats["M"].transpose(0, 1) @ V).reshape(self.num_gates, self.d, self.c)
+
+    def unlift(self, a: Tensor, b: Tensor, gate: Tensor) -> Weights:
+        return {"W1": a.contiguous(), "W2": b.contiguous(), "h": self.h[gate].clone()}
+
+    def nonconvex_forward(self, weights: Weights, X: Tensor) -> Tensor:
+        W1, W2, h = weights["W1"], weights["W2"], weights["h"]
+        X = X.to(W1.dtype)
+        act = (X @ W1.T) * (X @ h.T >= 0)  # (n, s, m)
+        return act.mean(dim=1) @ W2
+
+    def init_nonconvex(self, m: int, *, generator: torch.Generator | None = None, scale: float = 0.1) -> Weights:
+        self._require_setup()
+        gate = torch.arange(m) % self.num_gates
+        W1 = torch.randn(m, self.d, generator=generator, dtype=self.dtype) * scale
+        W2 = torch.randn(m, self.c, generator=generator, dtype=self.dtype) * scale
+        return {"W1": W1.to(self.device), "W2": W2.to(self.device), "h": self.h[gate.to(self.device)].clone()}
+
+
+def mlp_constraints(X: Tensor) -> Tensor:
+    """Rows ``x_t`` for every sample and token: ``(n*s, d)`` (pre-activations ``x_t^T w``)."""
+    return X.reshape(-1, X.shape[-1])
+
+
+@register_head("mlp-relu")
+class ReLUMLPHead(GatedMLPHead):
+    """Token-wise ReLU MLP, solved through the gated program + cone decomposition."""
+
+    def __init__(self, num_gates: int = 16, *, seed: int = 0, decomposition: str = "min-norm") -> None:
+        super().__init__(num_gates, seed=seed)
+        if decomposition not in ("min-norm", "closed-form"):
+            raise ValueError(f"decomposition must be 'min-norm' or 'closed-form', got {decomposition!r}")
+        self.decomposition = decomposition
+
+    def get_config(self) -> dict:
+        return super().get_config() | {"decomposition": self.decomposition}
+
+    def recover(self, Z: Tensor, *, rtol: float = 1e-8, X: Tensor | None = None) -> Weights:
+        if X is None:
+            raise ValueError("mlp-relu head: recover(Z, X=...) needs the training inputs X for the cone decomposition")
+        g = super().recover(Z, rtol=rtol)
+        W1, W2 = relu_split(mlp_constraints(X.to(g["W1"])), g["W1"], g["h"], g["W2"], method=self.decomposition)
+        return {"W1": W1, "W2": W2}
+
+    def nonconvex_forward(self, weights: Weights, X: Tensor) -> Tensor:
+        W1, W2 = weights["W1"], weights["W2"]
+        X = X.to(W1.dtype)
+        return torch.relu(X @ W1.T).mean(dim=1) @ W2
+
+    def init_nonconvex(self, m: int, *, generator: torch.Generator | None = None, scale: float = 0.1) -> Weights:
+        w = super().init_nonconvex(m, generator=generator, scale=scale)
+        return {"W1": w["W1"], "W2": w["W2"]}
+
+    def fit_report(self, fit) -> dict:
+        return super().fit_report(fit) | relu_report(self, GatedMLPHead.recover(self, fit.Z), "h",
+                                                     mlp_constraints, fit)

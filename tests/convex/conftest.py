@@ -1,0 +1,23 @@
+"""Convex tests: float64, tiny problems, one BLAS thread (tiny matmuls are slower with 2 contended threads)."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def make_data(n=16, s=4, d=3, c=2, seed=0, loss="squared"):
+    """Small random problem: X (n, s, d) float64 and targets for ``loss``."""
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, s, d, generator=g, dtype=torch.float64)
+    if loss == "squared":
+        y = torch.randn(n, c, generator=g, dtype=torch.float64)
+    else:
+        y = torch.randint(0, c, (n,), generator=g)
+    return X, y
