@@ -1,9 +1,122 @@
-"""`dualattn` sub-commands for train (filled in by the train work)."""
+"""`dualattn train`, `dualattn report` and `dualattn reproduce`."""
 
 from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
 
 import typer
 
 
+def _fail(msg: str, code: int = 2) -> None:
+    typer.secho(f"error: {msg}", fg="red", err=True)
+    raise typer.Exit(code)
+
+
+def _split_csv(values: Optional[List[str]]) -> Optional[List[str]]:
+    if not values:
+        return None
+    out = [v.strip() for item in values for v in item.split(",") if v.strip()]
+    return out or None
+
+
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to *app*."""
+    """Add ``train``, ``report`` and ``reproduce`` to *app*."""
+
+    @app.command()
+    def train(
+        config: Path = typer.Argument(..., help="YAML run config (see configs/)."),
+        overrides: Optional[List[str]] = typer.Argument(None, help="Dotted overrides, e.g. optim.lr=3e-4 model.variant=bn"),
+        run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory (default runs/<name>/<dataset>/<variant>/seed<k>)."),
+        out: Path = typer.Option(Path("runs"), "--out", help="Root for the default run directory."),
+        resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/checkpoints/last.ckpt."),
+        report: bool = typer.Option(True, "--report/--no-report", help="Write report.md into the run directory."),
+    ) -> None:
+        """Train one model from CONFIG (validated before anything runs)."""
+        from dualattn.train.config import ConfigError, load_config
+        from dualattn.train.data import DataError
+
+        try:
+            cfg = load_config(config, overrides or [])
+        except ConfigError as exc:
+            _fail(str(exc))
+        from dualattn.train.module import NonFiniteLossError
+        from dualattn.train.run import RunError, default_run_dir, is_rank_zero, train_run
+
+        rd = run_dir or default_run_dir(cfg, out)
+        try:
+            summary = train_run(cfg, rd, resume=resume)
+        except (ConfigError, DataError, RunError) as exc:
+            _fail(str(exc))
+        except NonFiniteLossError as exc:
+            _fail(f"training stopped: {exc} (recorded in {rd / 'summary.json'})", 1)
+        if not is_rank_zero():
+            return
+        typer.echo(
+            f"{cfg.data.name} / {cfg.model.variant} / seed {cfg.seed}: test acc {summary['test_acc']:.4f}, "
+            f"val acc {summary['val_acc']:.4f}, {summary['epochs']} epochs, {summary['time_per_epoch_s']:.2f} s/epoch"
+        )
+        if report:
+            from dualattn.report import generate_report
+
+            typer.echo(f"report: {generate_report(rd)}")
+        typer.echo(f"run dir: {rd}")
+
+    @app.command()
+    def report(
+        run_dir: Path = typer.Argument(..., help="A run directory (any level: runs/<name> or one seed)."),
+    ) -> None:
+        """Aggregate every summary.json under RUN_DIR into RUN_DIR/report.md and PNG plots."""
+        from dualattn.report import generate_report
+
+        try:
+            path = generate_report(run_dir)
+        except FileNotFoundError as exc:
+            _fail(str(exc))
+        typer.echo(f"report: {path}")
+
+    @app.command()
+    def reproduce(
+        quick: bool = typer.Option(False, "--quick", help="CPU demo protocol (configs/reproduce-quick.yaml), the default."),
+        full: bool = typer.Option(False, "--full", help="Paper-scale protocol (configs/reproduce-full.yaml)."),
+        protocol: Optional[Path] = typer.Option(None, "--protocol", help="Custom protocol YAML."),
+        datasets: Optional[List[str]] = typer.Option(None, "--datasets", help="Subset of the protocol's datasets (comma-separated or repeated)."),
+        variants: Optional[List[str]] = typer.Option(None, "--variants", help="Attention variants (comma-separated or repeated)."),
+        seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="Seeds per (dataset, variant); default from the protocol."),
+        name: Optional[str] = typer.Option(None, "--name", help="Run name (default 'quick' / 'full')."),
+        out: Path = typer.Option(Path("runs"), "--out", help="Runs are written to OUT/<name>/."),
+        override: Optional[List[str]] = typer.Option(None, "--set", help="Extra dotted override for every run, e.g. --set trainer.max_epochs=5"),
+    ) -> None:
+        """Run the paper's comparison (variants x datasets x seeds) and write OUT/<name>/report.md."""
+        from dualattn.train.config import ConfigError
+        from dualattn.train.reproduce import configs_dir, execute, plan_runs
+
+        if quick and full:
+            _fail("choose one of --quick and --full")
+        if protocol is None:
+            protocol = configs_dir() / ("reproduce-full.yaml" if full else "reproduce-quick.yaml")
+        try:
+            proto, runs = plan_runs(protocol, out=out, name=name, datasets=_split_csv(datasets),
+                                    variants=_split_csv(variants), seeds=seeds, overrides=override or [])
+        except ConfigError as exc:
+            _fail(str(exc))
+        root = out / (name or proto.name)
+        typer.echo(f"reproduce: {len(runs)} runs from {protocol} -> {root}", err=True)
+        t0 = time.perf_counter()
+        outcomes = execute(runs, show_progress=True)
+        wall = time.perf_counter() - t0
+        from dualattn.report import generate_report
+
+        n_fail = sum(o.status == "failed" for o in outcomes)
+        cmd = "dualattn " + " ".join(sys.argv[1:]) if sys.argv and "reproduce" in sys.argv else "dualattn reproduce"
+        extra = [
+            f"Command: `{cmd}` — {len(runs)} runs ({sum(o.status == 'skipped' for o in outcomes)} reused, "
+            f"{n_fail} failed), wall time {wall / 60:.1f} min this invocation.",
+            "",
+        ]
+        path = generate_report(root, title=f"dualattn reproduce: {root.name}", extra=extra)
+        typer.echo(f"report: {path}")
+        if n_fail:
+            raise typer.Exit(1)

@@ -1,0 +1,126 @@
+"""``report.md`` for a run directory: results table, per-layer redundancy, failures, plots."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+from dualattn.report.aggregate import find_runs, group_runs
+from dualattn.report import plots
+
+REDUNDANCY_DEFINITION = (
+    "Head redundancy distance of a layer: R = mean over samples b, head pairs h<h' and valid queries i of "
+    "1 - cos(A_b^h[i, valid keys], A_b^h'[i, valid keys]), computed on up to 64 validation samples with the "
+    "attention weights over the original keys. R = 0 means all heads attend identically (fully redundant); "
+    "larger R = more diverse heads (1 = orthogonal rows)."
+)
+
+
+def _pm(m: float, s: float, scale: float = 1.0, fmt: str = "{:.1f}") -> str:
+    if math.isnan(m):
+        return "n/a"
+    return f"{fmt.format(scale * m)} ± {fmt.format(scale * s)}"
+
+
+def _num(x: float, fmt: str = "{:.2f}") -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
+
+
+def _si(x: float) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= div:
+            return f"{x / div:.2f}{unit}"
+    return f"{x:.0f}"
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s)
+
+
+def results_table(groups) -> list[str]:
+    """Markdown table: one row per (dataset, variant)."""
+    lines = [
+        "| dataset | variant | seeds ok | test acc (%) | val acc (%) | epochs | time/epoch (s) | peak mem (MB) "
+        "| act. mem (MB) | params | FLOPs/sample | head redundancy |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for ds, gs in groups.items():
+        for g in gs:
+            n_ok, n_all = len(g.ok_runs()), len(g.runs)
+            acc = g.stat("test_acc")
+            val = g.stat("val_acc")
+            ep = g.stat("epochs")
+            tpe = g.stat("time_per_epoch_s")
+            mem = g.stat("peak_mem_mb")
+            act = g.stat("act_mem_mb")
+            par = g.stat("params")
+            fl = g.stat("flops")
+            red = g.redundancy_mean()
+            lines.append(
+                f"| {ds} | {g.variant} | {n_ok}/{n_all} | {_pm(acc[0], acc[1], 100)} | {_pm(val[0], val[1], 100)} "
+                f"| {_num(ep[0], '{:.1f}')} | {_pm(tpe[0], tpe[1], 1, '{:.2f}')} | {_num(mem[0], '{:.0f}')} "
+                f"| {_num(act[0], '{:.1f}')} | {_si(par[0])} | {_si(fl[0])} | {_pm(red[0], red[1], 1, '{:.3f}')} |"
+            )
+    return lines
+
+
+def redundancy_table(groups) -> list[str]:
+    depth = max((len(g.redundancy_per_layer()[0]) for gs in groups.values() for g in gs), default=0)
+    if depth == 0:
+        return ["(no attention statistics recorded)"]
+    head = "| dataset | variant | " + " | ".join(f"layer {i}" for i in range(depth)) + " |"
+    lines = [head, "|---|---|" + "---|" * depth]
+    for ds, gs in groups.items():
+        for g in gs:
+            m, s = g.redundancy_per_layer()
+            cells = [f"{m[i]:.3f} ± {s[i]:.3f}" if i < m.size else "" for i in range(depth)]
+            lines.append(f"| {ds} | {g.variant} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def generate_report(run_root: str | Path, *, title: str | None = None, extra: list[str] | None = None) -> Path:
+    """Aggregate every ``summary.json`` under ``run_root`` into ``report.md`` + PNGs there."""
+    root = Path(run_root)
+    records = find_runs(root)
+    if not records:
+        raise FileNotFoundError(f"no summary.json found under {root}; run `dualattn train` or `reproduce` first")
+    groups = group_runs(records)
+    ok_groups = {ds: gs for ds, gs in groups.items() if any(g.ok_runs() for g in gs)}
+    lines = [f"# {title or 'Results: ' + root.name}", ""]
+    lines += extra or []
+    lines += [
+        "Mean ± sample std over seeds (test accuracy of the best-validation checkpoint). "
+        "time/epoch = wall time of one training epoch incl. validation; peak mem = process RSS high-water "
+        "growth during training (CPU, approximate) or CUDA max allocated (GPU); act. mem = bytes autograd "
+        "saves for backward on one training batch; FLOPs = matrix-product FLOPs of one forward pass on one "
+        "sample (torch FlopCounterMode).",
+        "",
+    ]
+    lines += results_table(groups) + [""]
+    lines += ["## Head redundancy per layer", "", REDUNDANCY_DEFINITION, ""] + redundancy_table(groups) + [""]
+    failed = [r for r in records if not r.ok]
+    if failed:
+        lines += ["## Failed or unfinished runs", ""]
+        for r in failed:
+            rel = r.path.relative_to(root) if r.path.is_relative_to(root) else r.path
+            lines.append(f"- `{rel}`: {r.summary.get('status')} — {r.summary.get('error', '')}")
+        lines.append("")
+    if ok_groups:
+        lines += ["## Plots", ""]
+        for fname, fn, cap in (
+            ("learning_curves.png", plots.learning_curves, "Validation accuracy per epoch (mean over seeds)"),
+            ("accuracy_vs_variant.png", plots.accuracy_vs_variant, "Test accuracy per variant"),
+            ("redundancy_per_layer.png", plots.redundancy_per_layer, "Head redundancy per layer"),
+        ):
+            fn(ok_groups, root / fname)
+            lines += [f"![{cap}]({fname})", ""]
+        for ds, gs in ok_groups.items():
+            p = plots.attention_maps(ds, gs, root / f"attention_{_slug(ds)}.png")
+            if p is not None:
+                lines += [f"![Attention maps, {ds}]({p.name})", ""]
+    out = root / "report.md"
+    out.write_text("\n".join(lines))
+    return out
