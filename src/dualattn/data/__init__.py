@@ -4,7 +4,9 @@
 with ``split`` in ``"train", "val", "test"``; see ``docs/data.md``.
 """
 
+from . import images as _images  # noqa: F401  (registers "digits-pixels")
 from . import listops as _listops  # noqa: F401  (registers "listops", "listops-small")
+from . import pathfinder as _pathfinder  # noqa: F401  (registers "pathfinder", "pathfinder-small")
 from . import uea as _uea  # noqa: F401  (registers UEA names)
 from .base import (
     SPLITS,
@@ -14,12 +16,15 @@ from .base import (
     register_dataset,
     resolve_cache_dir,
 )
+from .loaders import make_dataloaders, trim_collate
 
 __all__ = [
     "SPLITS",
     "SequenceData",
     "available_datasets",
     "load_dataset",
+    "make_dataloaders",
     "register_dataset",
     "resolve_cache_dir",
+    "trim_collate",
 ]
