@@ -1,4 +1,4 @@
-"""`dualattn` sub-commands for bench (filled in by the bench work)."""
+"""`dualattn bench ...`: efficiency benchmarks (see ``dualattn.bench``)."""
 
 from __future__ import annotations
 
@@ -6,4 +6,9 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to *app*."""
+    """Add the ``bench`` group (``dualattn bench attention``) to *app*."""
+    from dualattn.bench.cli import attention
+
+    bench = typer.Typer(help="Efficiency benchmarks.", no_args_is_help=True)
+    bench.command("attention")(attention)
+    app.add_typer(bench, name="bench")
