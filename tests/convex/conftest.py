@@ -12,7 +12,7 @@ def _one_thread():
     torch.set_num_threads(old)
 
 
-def make_data(n=16, s=4, d=3, c=2, seed=0, loss="squared"):
+def _make_data(n=16, s=4, d=3, c=2, seed=0, loss="squared"):
     """Small random problem: X (n, s, d) float64 and targets for ``loss``."""
     g = torch.Generator().manual_seed(seed)
     X = torch.randn(n, s, d, generator=g, dtype=torch.float64)
@@ -21,3 +21,9 @@ def make_data(n=16, s=4, d=3, c=2, seed=0, loss="squared"):
     else:
         y = torch.randint(0, c, (n,), generator=g)
     return X, y
+
+
+@pytest.fixture
+def make_data():
+    """Factory fixture: ``make_data(n, s, d, c, seed, loss) -> (X, y)``."""
+    return _make_data

@@ -22,7 +22,7 @@ from dualattn.convex.heads.base import NonconvexHead
 from dualattn.convex.losses import Loss, check_beta, get_loss
 from dualattn.convex.operator import ChunkedOperator
 from dualattn.convex.solvers import fista, solve_cvxpy
-from dualattn.convex.solvers.result import SolveResult
+from dualattn.convex.solvers.result import SolveResult, certificate
 
 SOLVERS = ("fista", "cvxpy")
 
@@ -144,6 +144,7 @@ def fit(
     dtype: torch.dtype = torch.float64,
     chunk_size: int = 4096,
     cvxpy_solver: str = "CLARABEL",
+    certify_float64: bool = True,
     head_options: dict | None = None,
     **solver_options,
 ) -> ConvexFit:
@@ -152,7 +153,9 @@ def fit(
     ``loss``: ``"squared"`` (float targets ``(n,)``/``(n, c)``, or integer labels
     one-hot encoded) or ``"cross_entropy"`` (integer labels in ``[0, c)``).
     ``solver``: ``"fista"`` (stops at relative duality gap ``tol``) or ``"cvxpy"``
-    (reference; small problems).  Extra ``solver_options`` go to the solver.
+    (reference; small problems).  ``dtype=torch.float32`` solves in single precision;
+    with ``certify_float64`` the reported objective/gap are then recomputed in
+    float64 at the returned point.  Extra ``solver_options`` go to the solver.
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
@@ -163,7 +166,24 @@ def fit(
                     verbose=verbose, **solver_options)
     else:
         res = solve_cvxpy(op, lossf, Y, beta, solver=cvxpy_solver, verbose=verbose, **solver_options)
+    if dtype != torch.float64 and certify_float64:
+        _certify_float64(head, lossf, beta, res, X, Y, chunk_size, dtype, device)
     return _to_fit(head, lossf, beta, res, X, Y)
+
+
+def _certify_float64(head, lossf, beta, res, X, Y, chunk_size, dtype, device) -> None:
+    """Replace a low-precision solve's certificate by one evaluated in float64 at the returned ``Z``."""
+    info32 = {"objective_lowprec": res.objective, "gap_lowprec": res.gap, "rel_gap_lowprec": res.rel_gap}
+    head.setup(head.d, head.c, s=head.s, dtype=torch.float64, device=device)
+    try:
+        Y64 = Y if lossf.name == "cross_entropy" else Y.double()
+        op = ChunkedOperator(head, X.double(), chunk_size=chunk_size)
+        cert = certificate(head, op, lossf, Y64, beta, res.Z.double(), lam=res.lam)
+    finally:
+        head.setup(head.d, head.c, s=head.s, dtype=dtype, device=device)
+    res.objective, res.dual_objective = cert["primal"], cert["dual"]
+    res.gap, res.rel_gap = cert["gap"], cert["rel_gap"]
+    res.info.update(info32, certified_float64=True)
 
 
 def _to_fit(head: ConvexHead, lossf: Loss, beta: float, res: SolveResult, X: Tensor, Y: Tensor) -> ConvexFit:

@@ -10,7 +10,7 @@ So ``w = p - q`` realises the gated unit with two ReLU units ``(p, v), (q, -v)``
 * :func:`split_closed_form`: ``p = w + tau h``, ``q = tau h`` with the smallest
   feasible ``tau = max_r max(-(C w)_r, 0) / (C h)_r``.
 * :func:`split_min_norm`: ``min ||p|| + ||q|| s.t. p - q = w, C p >= 0, C q >= 0``
-  (an SOCP, solved with Clarabel; the ReLU pair's weight decay after balancing is
+  (one SOCP for all units, solved with Clarabel; the ReLU pair's weight decay after balancing is
   ``||v|| (||p|| + ||q||)``), falling back to the closed form if it fails.
 """
 
@@ -30,36 +30,53 @@ def split_closed_form(C: Tensor, w: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
     return w + tau * h, tau * h
 
 
-def split_min_norm(C: Tensor, w: Tensor, h: Tensor, *, max_rows: int = 200_000) -> tuple[Tensor, Tensor]:
-    """Minimum ``||p|| + ||q||`` split of ``w`` into two vectors of the cone ``{C x >= 0}``."""
-    if C.shape[0] > max_rows:
-        return split_closed_form(C, w, h)
+def split_min_norm(C0: Tensor, W: Tensor, H: Tensor, *, max_rows: int = 200_000) -> tuple[Tensor, Tensor]:
+    """Minimum ``sum_j ||p_j|| + ||q_j||`` splits ``w_j = p_j - q_j`` with ``p_j, q_j`` in the cone of gate ``h_j``.
+
+    ``W, H`` are ``(m, k)``; one SOCP for all units (separable), solved by Clarabel;
+    falls back to :func:`split_closed_form` per unit when too large or on failure.
+    """
+
+    def fallback():
+        pairs = [split_closed_form(_signed(C0, H[j]), W[j], H[j]) for j in range(W.shape[0])]
+        return torch.stack([p for p, _ in pairs]), torch.stack([q for _, q in pairs])
+
+    if C0.shape[0] * W.shape[0] > max_rows:
+        return fallback()
     import cvxpy as cp
 
-    Cn = C.detach().cpu().double().numpy()
-    Cn = Cn[np.abs(Cn).sum(axis=1) > 0]
-    scale = np.abs(Cn).max(axis=1, keepdims=True)
-    Cn = Cn / scale
-    wn = w.detach().cpu().double().numpy()
-    p = cp.Variable(wn.shape[0])
-    q = p - wn
-    prob = cp.Problem(cp.Minimize(cp.norm(p, 2) + cp.norm(q, 2)), [Cn @ p >= 0, Cn @ q >= 0])
+    keep = C0.abs().sum(dim=1) > 0
+    C = C0[keep]
+    C = C / C.abs().max(dim=1, keepdim=True).values
+    S = torch.where(C @ H.T >= 0, 1.0, -1.0).to(C.dtype)  # (rows, m) gate signs
+    Cn, Sn, Wn = (t.detach().cpu().double().numpy() for t in (C, S, W.T))
+    Pv = cp.Variable(Wn.shape)
+    Qv = Pv - Wn
+    cons = [cp.multiply(Sn, Cn @ Pv) >= 0, cp.multiply(Sn, Cn @ Qv) >= 0]
+    prob = cp.Problem(cp.Minimize(cp.sum(cp.norm(Pv, 2, axis=0)) + cp.sum(cp.norm(Qv, 2, axis=0))), cons)
     try:
         prob.solve(solver="CLARABEL")
     except cp.error.SolverError:
-        return split_closed_form(C, w, h)
-    if p.value is None or prob.status not in ("optimal", "optimal_inaccurate"):
-        return split_closed_form(C, w, h)
-    pv = torch.as_tensor(p.value, dtype=w.dtype, device=w.device)
-    qv = pv - w
+        return fallback()
+    if Pv.value is None or prob.status not in ("optimal", "optimal_inaccurate"):
+        return fallback()
+    P = torch.as_tensor(Pv.value.T, dtype=W.dtype, device=W.device)
+    Q = P - W
     # clean tiny solver violations by a minimal push along h (keeps p - q = w)
-    extra = torch.clamp(-torch.minimum(C @ pv, C @ qv), min=0)
-    ch = C @ h
-    ok = ch > 0
-    if (extra > 0).any():
-        tau = torch.where(ok, extra / torch.where(ok, ch, torch.ones_like(ch)), torch.zeros_like(ch)).max() * (1 + 1e-9)
-        pv, qv = pv + tau * h, qv + tau * h
-    return pv, qv
+    for j in range(W.shape[0]):
+        Cj = _signed(C0, H[j])
+        extra = torch.clamp(-torch.minimum(Cj @ P[j], Cj @ Q[j]), min=0)
+        if (extra > 0).any():
+            ch = Cj @ H[j]
+            ok = ch > 0
+            tau = torch.where(ok, extra / torch.where(ok, ch, torch.ones_like(ch)), torch.zeros_like(ch)).max()
+            P[j], Q[j] = P[j] + tau * (1 + 1e-9) * H[j], Q[j] + tau * (1 + 1e-9) * H[j]
+    return P, Q
+
+
+def _signed(C0: Tensor, h: Tensor) -> Tensor:
+    """``diag(2 D - 1) C0`` with ``D = 1{C0 h >= 0}``: the cone of gate ``h`` is ``{x : C x >= 0}``."""
+    return torch.where((C0 @ h >= 0)[:, None], C0, -C0)
 
 
 def balance(A: Tensor, B: Tensor) -> tuple[Tensor, Tensor]:
@@ -84,17 +101,15 @@ def relu_split(C0: Tensor, W: Tensor, H: Tensor, V: Tensor, *, method: str = "mi
     if method not in ("min-norm", "closed-form"):
         raise ValueError(f"method must be 'min-norm' or 'closed-form', got {method!r}")
     shape = W.shape[1:]
-    P, Q = [], []
-    for j in range(W.shape[0]):
-        w, h = W[j].reshape(-1), H[j].reshape(-1)
-        C = torch.where((C0 @ h >= 0)[:, None], C0, -C0)
-        split = split_min_norm if method == "min-norm" else split_closed_form
-        p, q = split(C, w, h)
-        P.append(p.reshape(shape))
-        Q.append(q.reshape(shape))
-    if not P:
+    if W.shape[0] == 0:
         return W, V
-    Pt, Qt = torch.stack(P), torch.stack(Q)
+    Wf, Hf = W.reshape(W.shape[0], -1), H.reshape(H.shape[0], -1)
+    if method == "min-norm":
+        Pt, Qt = split_min_norm(C0, Wf, Hf)
+    else:
+        pairs = [split_closed_form(_signed(C0, Hf[j]), Wf[j], Hf[j]) for j in range(W.shape[0])]
+        Pt, Qt = torch.stack([p for p, _ in pairs]), torch.stack([q for _, q in pairs])
+    Pt, Qt = Pt.reshape(-1, *shape), Qt.reshape(-1, *shape)
     Pt, Vp = balance(Pt, V)
     Qt, Vq = balance(Qt, -V)
     keep = Qt.flatten(1).norm(dim=1) > 0

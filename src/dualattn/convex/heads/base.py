@@ -186,8 +186,12 @@ class ConvexHead(abc.ABC):
         b = Vh[g_idx, j_idx, :] * root[:, None]
         return a, b, g_idx
 
-    def recover(self, Z: Tensor, *, rtol: float = 1e-8) -> Weights:
-        """Nonconvex weights with the same outputs and ``1/2 sum ||W||^2 = R(Z)``."""
+    def recover(self, Z: Tensor, *, rtol: float = 1e-8, X: Tensor | None = None) -> Weights:
+        """Nonconvex weights with the same outputs and ``1/2 sum ||W||^2 = R(Z)``.
+
+        ``X`` (the training inputs) is only used by heads whose recovery depends
+        on the data (ReLU cone decompositions).
+        """
         a, b, gate = self.factors(Z, rtol=rtol)
         return self.unlift(a, b, gate)
 
@@ -212,9 +216,10 @@ class ConvexHead(abc.ABC):
         """A ``torch.nn.Module`` computing :meth:`nonconvex_forward` with ``weights``."""
         return NonconvexHead(self, weights)
 
-    def constraint_violation(self, weights: Weights, X: Tensor) -> float:
-        """How far ``weights`` are from realising the convex model (0 for exact heads)."""
-        return 0.0
+    def fit_report(self, fit) -> dict[str, Any]:
+        """Extra scalars stored in ``ConvexFit.info`` after a solve (e.g. rank, constraint violation)."""
+        a, _, _ = self.factors(fit.Z)
+        return {"rank": int(a.shape[0])}
 
     # ------------------------------------------------------------------ CVXPY
     def design_matrix(self, feats: dict[str, Tensor]) -> Tensor:

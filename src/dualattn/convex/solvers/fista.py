@@ -74,13 +74,15 @@ def fista(
     best_primal = fZ + beta * float(head.penalty(Z))
     best_Z = Z
     best_dual = -math.inf
-    Zprev, AZprev = Z, AZ
+    best_lam = None
     Yk, AY = Z, AZ
     t = 1.0
     history: list[dict] = []
     status = "max_iter"
     restarts = 0
     gap = rel = math.inf
+    # line-search slack for rounding in F (matters in float32): 100 eps |F|
+    slack = 100.0 * torch.finfo(op.dtype).eps
     bar = tqdm(total=max_iter, disable=not verbose, desc="fista", leave=False)
     it = 0
     for it in range(1, max_iter + 1):
@@ -88,7 +90,8 @@ def fista(
         fY = float(fY)
         Gr = op.adjoint(lam)
         dual, _ = dual_point_value(head, loss, Y, beta, lam, Gr)
-        best_dual = max(best_dual, dual)
+        if dual > best_dual:
+            best_dual, best_lam = dual, lam
         # backtracking line search on L
         L = L * shrink
         while True:
@@ -97,7 +100,7 @@ def fista(
             AZn = op.forward(Zn)
             fZn = float(loss.value(AZn, Y))
             quad = fY + float((Gr * D).sum()) + 0.5 * L * float((D * D).sum())
-            if fZn <= quad + 1e-12 * max(abs(fY), 1.0):
+            if fZn <= quad + slack * max(abs(fY), 1.0):
                 break
             L *= 2.0
         primal = fZn + beta * float(Rn)
@@ -114,7 +117,7 @@ def fista(
         w = (t - 1.0) / t_next
         Yk = Zn + w * step
         AY = AZn + w * (AZn - AZ)
-        Zprev, AZprev, Z, AZ, t = Z, AZ, Zn, AZn, t_next
+        Z, AZ, t = Zn, AZn, t_next
         elapsed = time.perf_counter() - t_start
         history.append(
             {"iter": it, "time": elapsed, "primal": primal, "best_primal": best_primal,
@@ -135,5 +138,5 @@ def fista(
     return SolveResult(
         Z=best_Z, objective=best_primal, dual_objective=best_dual, gap=gap, rel_gap=rel,
         iterations=it, time=time.perf_counter() - t_start, status=status, solver="fista",
-        history=history, info={"L": L, "restarts": restarts},
+        history=history, info={"L": L, "restarts": restarts}, lam=best_lam,
     )

@@ -32,6 +32,8 @@ class SolveResult:
     solver: str
     history: list[dict] = field(default_factory=list)
     info: dict = field(default_factory=dict)
+    #: the dual point (before scaling) that gave ``dual_objective``, if any
+    lam: Tensor | None = None
 
 
 def relative_gap(gap: float, primal: float) -> float:
@@ -47,12 +49,18 @@ def dual_point_value(head, loss: Loss, Y: Tensor, beta: float, lam: Tensor, Atla
     return float(val), theta
 
 
-def certificate(head, op, loss: Loss, Y: Tensor, beta: float, Z: Tensor) -> dict:
-    """Primal value, dual value, absolute and relative gap at ``Z`` (one forward + one adjoint)."""
+def certificate(head, op, loss: Loss, Y: Tensor, beta: float, Z: Tensor, lam: Tensor | None = None) -> dict:
+    """Primal value at ``Z``, best dual value of ``grad F(A Z)`` and of the optional extra dual
+    point ``lam``, absolute and relative gap (one forward + one or two adjoints)."""
     U = op.forward(Z)
-    f, lam = loss.value_grad(U, Y)
+    f, lamZ = loss.value_grad(U, Y)
     primal = float(f) + beta * float(head.penalty(Z))
-    dual, theta = dual_point_value(head, loss, Y, beta, lam, op.adjoint(lam))
+    dual, theta = dual_point_value(head, loss, Y, beta, lamZ, op.adjoint(lamZ))
+    if lam is not None:
+        lam = lam.to(dtype=U.dtype, device=U.device)
+        d2, th2 = dual_point_value(head, loss, Y, beta, lam, op.adjoint(lam))
+        if d2 > dual:
+            dual, theta = d2, th2
     gap = max(primal - dual, 0.0)
     return {"primal": primal, "dual": dual, "gap": gap, "rel_gap": relative_gap(gap, primal), "theta": theta}
 

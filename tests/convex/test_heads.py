@@ -1,0 +1,117 @@
+"""Head operators: linearity, adjoints, block layout, recovery."""
+
+import pytest
+import torch
+
+from dualattn.convex.heads import HEADS, ConvexHead, get_head, register_head
+from dualattn.convex.heads.base import ConvexHead as Base
+
+MINE = {"linear": {}, "gated": {"num_gates": 3}, "relu": {"num_gates": 3}, "mlp-gated": {"num_gates": 4},
+        "mlp-relu": {"num_gates": 4}}
+
+
+def _setup(name, d=3, c=2, n=7, s=4, seed=0):
+    head = get_head(name, **MINE[name]).setup(d, c)
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, s, d, generator=g, dtype=torch.float64)
+    Z = torch.randn(head.variable_shape(), generator=g, dtype=torch.float64)
+    V = torch.randn(n, c, generator=g, dtype=torch.float64)
+    return head, X, Z, V
+
+
+def test_registry_has_core_heads():
+    for name in MINE:
+        assert name in HEADS and issubclass(HEADS[name], ConvexHead)
+    with pytest.raises(ValueError, match="unknown head"):
+        get_head("nope")
+    with pytest.raises(TypeError, match="ConvexHead subclass"):
+        register_head("x")(int)
+
+
+@pytest.mark.parametrize("name", list(MINE))
+def test_apply_linear_and_adjoint(name):
+    head, X, Z, V = _setup(name)
+    f = head.features(X)
+    Z2 = torch.randn_like(Z)
+    assert torch.allclose(head.apply(2 * Z - 3 * Z2, f), 2 * head.apply(Z, f) - 3 * head.apply(Z2, f), atol=1e-10)
+    lhs = (head.apply(Z, f) * V).sum()
+    rhs = (head.adjoint(V, f) * Z).sum()
+    assert torch.isclose(lhs, rhs, rtol=1e-10)
+    # explicit adjoint equals the generic autograd one
+    assert torch.allclose(head.adjoint(V, f), Base.adjoint(head, V, f), atol=1e-10)
+    # design matrix (CVXPY path) reproduces apply
+    M = head.design_matrix(f)
+    assert torch.allclose((M @ Z.reshape(-1)).reshape(-1, head.c), head.apply(Z, f), atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["linear", "gated", "mlp-gated"])
+def test_recovery_is_exact(name):
+    """SVD recovery: nonconvex outputs equal convex outputs and weight decay equals R(Z)."""
+    head, X, Z, _ = _setup(name)
+    w = head.recover(Z)
+    assert torch.allclose(head.nonconvex_forward(w, X), head.forward(Z, X), atol=1e-10)
+    assert torch.isclose(head.nonconvex_penalty(w), head.penalty(Z), rtol=1e-10)
+    P, p, q = head.variable_shape()
+    assert w["W1"].shape[0] <= P * min(p, q)
+
+
+def test_linear_block_layout_by_hand():
+    """Z[k*d + a, l*c + e] = sum_j W1j[a, k] W2j[l, e] makes the lifted model equal the attention head."""
+    d, c, m = 3, 2, 4
+    head = get_head("linear").setup(d, c)
+    g = torch.Generator().manual_seed(1)
+    W1 = torch.randn(m, d, d, generator=g, dtype=torch.float64)
+    W2 = torch.randn(m, d, c, generator=g, dtype=torch.float64)
+    Z = torch.zeros(1, d * d, d * c, dtype=torch.float64)
+    for j in range(m):
+        for k in range(d):
+            for a in range(d):
+                for l in range(d):
+                    for e in range(c):
+                        Z[0, k * d + a, l * c + e] += W1[j, a, k] * W2[j, l, e]
+    X = torch.randn(5, 6, d, generator=g, dtype=torch.float64)
+    direct = torch.stack([(Xi @ W1[j] @ Xi.T @ Xi @ W2[j]).mean(0) for Xi in X for j in range(m)]).reshape(5, m, c).sum(1)
+    assert torch.allclose(head.forward(Z, X), direct, atol=1e-10)
+    assert torch.allclose(head.nonconvex_forward({"W1": W1, "W2": W2}, X), direct, atol=1e-10)
+    # the recovered weights of this Z reproduce it
+    w = head.recover(Z)
+    Zr = torch.einsum("jak,jle->kale", w["W1"], w["W2"]).reshape(1, d * d, d * c)
+    assert torch.allclose(Zr, Z, atol=1e-10)
+
+
+def test_gated_reduces_to_linear_with_all_ones_gate():
+    """With gates that are always open the gated statistic equals xbar (x) G."""
+    d, c = 3, 2
+    gated = get_head("gated", num_gates=1).setup(d, c)
+    X = torch.rand(6, 4, d, dtype=torch.float64) + 0.1  # positive tokens
+    gated.H = torch.ones(1, d, d, dtype=torch.float64)  # x^T 1 1^T y > 0: gate always 1
+    lin = get_head("linear").setup(d, c)
+    Z = torch.randn(gated.variable_shape(), dtype=torch.float64)
+    assert torch.allclose(gated.forward(Z, X), lin.forward(Z, X), atol=1e-10)
+
+
+def test_gates_are_seeded_and_stable():
+    a = get_head("gated", num_gates=3, seed=5).setup(4, 2)
+    b = get_head("gated", num_gates=3, seed=5).setup(4, 2)
+    assert torch.equal(a.H, b.H)
+    H = a.H.clone()
+    a.setup(4, 2, dtype=torch.float32)  # same dims: gates kept, only cast
+    assert torch.allclose(a.H.double(), H, atol=1e-6)
+    c = get_head("gated", num_gates=3, seed=6).setup(4, 2)
+    assert not torch.equal(a.H.double(), c.H)
+
+
+@pytest.mark.parametrize("name", ["relu", "mlp-relu"])
+@pytest.mark.parametrize("method", ["min-norm", "closed-form"])
+def test_relu_cone_decomposition_reproduces_gated_outputs(name, method):
+    opts = MINE[name] | {"decomposition": method}
+    head = get_head(name, **opts).setup(3, 2)
+    g = torch.Generator().manual_seed(2)
+    X = torch.randn(6, 4, 3, generator=g, dtype=torch.float64)
+    Z = torch.randn(head.variable_shape(), generator=g, dtype=torch.float64)
+    w = head.recover(Z, X=X)
+    assert torch.allclose(head.nonconvex_forward(w, X), head.forward(Z, X), atol=1e-8)
+    # a split never costs less weight decay than the gated factors
+    assert head.nonconvex_penalty(w) >= head.penalty(Z) - 1e-9
+    with pytest.raises(ValueError, match="needs the training inputs"):
+        head.recover(Z)

@@ -1,0 +1,98 @@
+"""FISTA against the CVXPY reference, certificates, stopping rule, warm starts and paths."""
+
+import math
+
+import pytest
+import torch
+
+from dualattn.convex import beta_max, fit, fit_path
+from dualattn.convex.solvers.result import relative_gap
+
+CASES = [
+    ("linear", {}, "squared", 0.5),
+    ("linear", {}, "cross_entropy", 0.3),
+    ("gated", {"num_gates": 2}, "squared", 0.5),
+    ("gated", {"num_gates": 2}, "cross_entropy", 0.3),
+    ("mlp-gated", {"num_gates": 4}, "squared", 0.2),
+    ("mlp-gated", {"num_gates": 4}, "cross_entropy", 0.2),
+]
+
+
+@pytest.mark.parametrize("head,opts,loss,beta", CASES)
+def test_fista_matches_cvxpy(make_data, head, opts, loss, beta):
+    X, y = make_data(n=16, s=4, d=3, c=2 if loss == "squared" else 3, seed=1, loss=loss)
+    f = fit(head, X, y, beta, loss=loss, tol=1e-6, head_options=opts)
+    r = fit(head, X, y, beta, loss=loss, solver="cvxpy", head_options=opts)
+    ref = r.info["cvxpy_value"]
+    assert f.status == "optimal" and f.rel_gap <= 1e-6
+    assert abs(f.objective - ref) <= 1e-4 * abs(ref)
+    # the certificate is a valid bound: dual value <= every primal value
+    assert f.dual_objective <= ref + 1e-6 * abs(ref)
+    assert r.dual_objective <= f.objective + 1e-9 * abs(ref)
+    # the solutions agree in prediction space (strongly convex loss in the outputs for squared)
+    if loss == "squared":
+        assert torch.allclose(f.predict(X), r.predict(X), atol=1e-3 * float(r.predict(X).abs().max()))
+
+
+def test_stops_on_gap_not_iterations(make_data):
+    X, y = make_data(n=16, s=4, d=3, c=2, seed=2)
+    loose = fit("linear", X, y, 0.5, tol=1e-2)
+    tight = fit("linear", X, y, 0.5, tol=1e-7)
+    assert loose.status == tight.status == "optimal"
+    assert loose.rel_gap <= 1e-2 and tight.rel_gap <= 1e-7
+    assert loose.iterations < tight.iterations
+    assert tight.objective <= loose.objective + 1e-12
+    # history is consistent with the reported certificate
+    last = tight.history[-1]
+    assert last["rel_gap"] == pytest.approx(tight.rel_gap)
+    assert math.isclose(relative_gap(tight.gap, tight.objective), tight.rel_gap)
+    gaps = [h["gap"] for h in tight.history]
+    assert all(b <= a + 1e-12 for a, b in zip(gaps, gaps[1:]))  # best-bound gap is monotone
+    capped = fit("linear", X, y, 0.5, tol=1e-12, max_iter=5)
+    assert capped.status == "max_iter" and capped.iterations == 5 and capped.gap > 0
+
+
+def test_beta_max_gives_zero_solution(make_data):
+    X, y = make_data(n=12, s=3, d=3, c=2, seed=3)
+    bmax = beta_max("linear", X, y)
+    f = fit("linear", X, y, 1.01 * bmax, tol=1e-8)
+    assert f.Z.abs().max() == 0 and f.rel_gap <= 1e-8
+    g = fit("linear", X, y, 0.5 * bmax, tol=1e-6)
+    assert g.Z.abs().max() > 0
+
+
+def test_warm_start_path_and_resume(make_data, tmp_path):
+    X, y = make_data(n=12, s=3, d=3, c=2, seed=4)
+    bmax = beta_max("linear", X, y)
+    betas = [0.1 * bmax, 0.5 * bmax, 0.25 * bmax]
+    ck = tmp_path / "path.pt"
+    fits = fit_path("linear", X, y, betas, tol=1e-6, checkpoint=ck)
+    assert [f.beta for f in fits] == sorted(betas, reverse=True)
+    objs = [f.objective for f in fits]
+    assert all(b <= a + 1e-9 for a, b in zip(objs, objs[1:]))  # objective decreases with beta
+    cold = fit("linear", X, y, fits[-1].beta, tol=1e-6)
+    assert fits[-1].objective == pytest.approx(cold.objective, rel=1e-5)
+    # resume: every beta is warm-started from its saved solution and finishes at once
+    again = fit_path("linear", X, y, betas, tol=1e-6, checkpoint=ck)
+    assert all(a.iterations <= 3 for a in again)
+    assert [a.objective for a in again] == pytest.approx(objs, rel=1e-6)
+
+
+def test_float32_and_chunking_agree(make_data):
+    X, y = make_data(n=40, s=4, d=3, c=2, seed=5)
+    f64 = fit("linear", X, y, 0.5, tol=1e-6)
+    chunked = fit("linear", X, y, 0.5, tol=1e-6, chunk_size=7)
+    assert chunked.objective == pytest.approx(f64.objective, rel=1e-5)
+    f32 = fit("linear", X, y, 0.5, tol=1e-3, dtype=torch.float32)
+    assert f32.Z.dtype == torch.float32
+    assert f32.objective == pytest.approx(f64.objective, rel=2e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
+def test_gpu_matches_cpu(make_data):
+    X, y = make_data(n=64, s=4, d=4, c=3, seed=6)
+    cpu = fit("linear", X, y, 0.5, tol=1e-6)
+    gpu = fit("linear", X, y, 0.5, tol=1e-6, device="cuda")
+    assert gpu.Z.is_cuda
+    assert gpu.objective == pytest.approx(cpu.objective, rel=1e-5)
