@@ -1,0 +1,103 @@
+"""Sparse attention: query ``i`` fits its SVR on a subset ``M_i`` of the keys.
+
+``out_i = sum_{j in M_i} softmax_j(q_i^T k_j * scale) v_j`` with patterns
+
+* ``"local"``         ``M_i = {j : |i - j| <= window}``;
+* ``"strided"``       ``M_i = {j : (i - j) mod stride = 0}`` (dilated);
+* ``"local+strided"`` the union of both (Child et al.'s factorised pattern);
+* ``"topk"``          the ``topk`` keys with the largest scores (after the other masks).
+
+Fast path: structural patterns become one boolean mask for SDPA (O(N^2) bits, no float
+score matrix); top-k runs in query chunks of ``chunk_size`` rows so the score buffer is
+O(chunk_size * Nk).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._common import apply_mask, check_common, combine_masks, default_scale, dropout_weights, safe_softmax, zero_padded
+
+PATTERNS = ("local", "strided", "local+strided", "topk")
+
+
+def sparse_pattern(Nq: int, Nk: int, pattern: str, *, window: int = 16, stride: int = 8, device=None) -> Tensor:
+    """Boolean ``(Nq, Nk)`` membership ``j in M_i`` for a structural pattern."""
+    i = torch.arange(Nq, device=device)[:, None]
+    j = torch.arange(Nk, device=device)[None, :]
+    if pattern == "local":
+        return (i - j).abs() <= window
+    if pattern == "strided":
+        return (i - j).remainder(stride) == 0
+    if pattern == "local+strided":
+        return ((i - j).abs() <= window) | ((i - j).remainder(stride) == 0)
+    raise ValueError(f"sparse_pattern: `pattern` must be one of {PATTERNS[:3]}, got {pattern!r}")
+
+
+def _topk_keep(scores: Tensor, topk: int) -> Tensor:
+    """Bool mask of the ``topk`` largest entries per row (among finite ones)."""
+    kk = min(topk, scores.shape[-1])
+    idx = scores.detach().topk(kk, dim=-1).indices
+    return torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, idx, True) & torch.isfinite(scores.detach())
+
+
+def sparse_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    pattern: str = "local",
+    window: int = 16,
+    stride: int = 8,
+    topk: int = 32,
+    attn_mask: Optional[Tensor] = None,
+    key_padding_mask: Optional[Tensor] = None,
+    is_causal: bool = False,
+    dropout_p: float = 0.0,
+    scale: Optional[float] = None,
+    need_weights: bool = False,
+    impl: str = "auto",
+    chunk_size: int = 256,
+):
+    """Softmax attention restricted to the key subsets ``M_i`` of ``pattern``."""
+    name = "sparse_attention"
+    path = check_common(q, k, v, attn_mask, key_padding_mask, dropout_p, impl, need_weights, name=name)
+    if pattern not in PATTERNS:
+        raise ValueError(f"{name}: `pattern` must be one of {PATTERNS}, got {pattern!r}")
+    for arg, val in (("window", window), ("stride", stride), ("topk", topk), ("chunk_size", chunk_size)):
+        if isinstance(val, bool) or not isinstance(val, int) or val < (0 if arg == "window" else 1):
+            raise ValueError(f"{name}: `{arg}` must be a {'non-negative' if arg == 'window' else 'positive'} int, got {val!r}")
+    Nq, Nk = q.shape[2], k.shape[2]
+    k, v = zero_padded(k, key_padding_mask), zero_padded(v, key_padding_mask)
+    mask = combine_masks(attn_mask, key_padding_mask, is_causal, Nq, Nk, q.device, q.dtype)
+    sc = default_scale(scale, q.shape[-1])
+    if pattern != "topk":
+        pat = sparse_pattern(Nq, Nk, pattern, window=window, stride=stride, device=q.device)
+        if mask is None:
+            mask = pat
+        elif mask.dtype == torch.bool:
+            mask = mask & pat
+        else:
+            mask = mask.masked_fill(~pat, float("-inf"))
+        if path == "fast":
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+        w = safe_softmax(apply_mask((q @ k.transpose(-2, -1)) * sc, mask))
+        out = dropout_weights(w, dropout_p) @ v
+        return (out, w) if need_weights else out
+    step = chunk_size if path == "fast" else Nq
+    outs, ws = [], []
+    for s in range(0, Nq, step):
+        qc = q[:, :, s : s + step]
+        mc = None if mask is None else mask[..., s : s + step, :] if mask.shape[-2] == Nq else mask
+        scores = apply_mask((qc @ k.transpose(-2, -1)) * sc, mc)
+        scores = scores.masked_fill(~_topk_keep(scores, topk), float("-inf"))
+        w = safe_softmax(scores)
+        outs.append(dropout_weights(w, dropout_p) @ v)
+        if need_weights:
+            ws.append(w)
+    out = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
+    return (out, torch.cat(ws, dim=2)) if need_weights else out
