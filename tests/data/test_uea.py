@@ -144,3 +144,18 @@ def test_missing_files_and_labels(tmp_path):
         load_dataset("Lab", "test", root=tmp_path, cache_dir=tmp_path / "c")
     with pytest.raises(TypeError, match="unknown option"):
         load_dataset("BasicMotions", "train", cache_dir=tmp_path, bogus=1)
+
+
+def test_env_root_and_empty_val(tmp_path, monkeypatch):
+    cases = [[["1", "2"], ["0", "0"]], [["4", "5"], ["1", "1"]]]
+    write_ts(tmp_path / "Heartbeat" / "Heartbeat_TRAIN.ts", "Heartbeat", cases * 2, ["a", "b", "a", "b"])
+    write_ts(tmp_path / "Heartbeat" / "Heartbeat_TEST.ts", "Heartbeat", cases, ["a", "b"])
+    monkeypatch.setenv("DUALATTN_UEA_ROOT", str(tmp_path))
+    d = load_dataset("Heartbeat", "test", cache_dir=tmp_path / "c")
+    assert d.name == "Heartbeat" and len(d) == 2 and d.x.shape == (2, 2, 2)
+    # 2 cases per class: 0.2 * 2 rounds to 0, so nothing is held out ...
+    assert len(load_dataset("Heartbeat", "train", cache_dir=tmp_path / "c")) == 4
+    with pytest.raises(ValueError, match="hold-out is empty"):
+        load_dataset("Heartbeat", "val", cache_dir=tmp_path / "c")
+    # ... while 0.5 holds out one case per class
+    assert len(load_dataset("Heartbeat", "val", cache_dir=tmp_path / "c", val_fraction=0.5)) == 2

@@ -13,6 +13,7 @@ the same test set); ``val_fraction`` (default 0.2) of the rest, drawn with
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -32,11 +33,21 @@ from .base import (
 DIGIT_LEVELS = 17  # load_digits intensities are integers 0..16
 
 
-def digits_splits(seed: int, val_fraction: float, test_fraction: float, split_seed: int) -> dict[str, np.ndarray]:
-    """Row indices of train/val/test into ``load_digits()`` (disjoint, stratified)."""
+@lru_cache(maxsize=1)
+def _digits() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """``load_digits()`` read once per process: images (1797, 8, 8) int, targets, class names."""
     from sklearn.datasets import load_digits
 
-    y = load_digits().target
+    bunch = load_digits()
+    images, target = bunch.images.astype(np.int64), bunch.target.astype(np.int64)
+    images.setflags(write=False)
+    target.setflags(write=False)
+    return images, target, tuple(str(c) for c in bunch.target_names)
+
+
+def digits_splits(seed: int, val_fraction: float, test_fraction: float, split_seed: int) -> dict[str, np.ndarray]:
+    """Row indices of train/val/test into ``load_digits()`` (disjoint, stratified)."""
+    y = _digits()[1]
     rest, test = stratified_split(y, test_fraction, seed=10_007 + int(split_seed))
     if val_fraction > 0:
         tr, va = stratified_split(y[rest], val_fraction, seed=int(seed))
@@ -60,8 +71,6 @@ def load_digits_pixels(
     **options: Any,
 ) -> SequenceData:
     """One split of digits as pixel sequences (see module doc). ``root``/``cache_dir`` are unused."""
-    from sklearn.datasets import load_digits
-
     reject_options(name, options)
     if root is not None:
         raise ValueError("root: digits-pixels ships with scikit-learn and takes no root folder")
@@ -69,16 +78,15 @@ def load_digits_pixels(
     test_fraction = check_fraction(test_fraction, "test_fraction", allow_zero=False)
     if split == "val" and val_fraction == 0:
         raise ValueError("split='val' needs val_fraction > 0")
-    bunch = load_digits()
-    images = bunch.images.astype(np.int64)  # (1797, 8, 8), values 0..16
+    images, target, names = _digits()  # (1797, 8, 8), values 0..16
     idx = digits_splits(seed, val_fraction, test_fraction, split_seed)
     seq = images.reshape(images.shape[0], -1)
     rows = idx[split]
-    classes = [str(c) for c in bunch.target_names]
+    classes = list(names)
     mask = np.ones((len(rows), seq.shape[1]), dtype=bool)
     meta = {"image_shape": (8, 8), "val_fraction": val_fraction, "test_fraction": test_fraction, "split_seed": split_seed}
     if as_tokens:
-        return SequenceData(seq[rows], mask, bunch.target[rows], classes, vocab_size=DIGIT_LEVELS,
+        return SequenceData(seq[rows], mask, target[rows], classes, vocab_size=DIGIT_LEVELS,
                             name=name, split=split, meta=meta)
     x = (seq.astype(np.float32) / (DIGIT_LEVELS - 1))[:, :, None]
     stats = None
@@ -88,5 +96,5 @@ def load_digits_pixels(
         out = apply_stats(x[rows], mask, stats)
     else:
         out = x[rows]
-    return SequenceData(out, mask, bunch.target[rows], classes, name=name, split=split,
+    return SequenceData(out, mask, target[rows], classes, name=name, split=split,
                         stats=stats_to_torch(stats), meta=meta)

@@ -268,6 +268,11 @@ def load_uea(
         y = np.array([label_id[v] for v in te["labels"]], dtype=np.int64)
     else:
         idx = keep if split == "train" else held
+        if len(idx) == 0:
+            raise ValueError(
+                f"UEA dataset {name!r}: the validation hold-out is empty (val_fraction={val_fraction} "
+                f"of {len(y_tr)} TRAIN cases rounds to 0 per class); raise val_fraction"
+            )
         x, m, y = x_tr[idx], m_tr[idx], y_tr[idx]
 
     if normalize:
