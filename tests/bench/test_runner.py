@@ -96,3 +96,15 @@ def test_isolated_worker_measures_in_a_fresh_process(tmp_path):
 def test_memory_row_skips_without_starting_a_worker():
     row = memory_row(Case(method="softmax-ref", n=16384), mem_cap_bytes=2**30)
     assert row["status"] == "skipped" and "GiB" in row["reason"] and row["est_mem_mb"] > 8 * 1024
+
+
+def test_long_first_calls_count_as_round_zero():
+    cases = [Case(method="sdpa", n=16, heads=2, head_dim=4, threads=1), Case(method="mha", n=16, heads=2,
+                                                                              head_dim=4, threads=1)]
+    plan = TimingPlan(repeats=3, budget_s=1.0, reuse_first_call_s=5.0)
+    assert plan.reuses_only([20.0, 40.0]) and not plan.reuses_only([1.0, 40.0])
+    res = run_timing(cases, plan, [20.0, 40.0])  # nothing is re-run: one round from the memory job
+    assert res["sdpa"]["repeats"] == 1 and res["sdpa"]["time_ms"] == 20000.0
+    assert res["mha"]["time_ratio_sdpa_paired"] == 2.0
+    res = run_timing(cases, TimingPlan(repeats=3, budget_s=1e6, reuse_first_call_s=5.0), [20.0, 40.0])
+    assert res["mha"]["repeats"] == 3 and res["mha"]["time_ms"] < 40000.0  # round 0 plus two real rounds

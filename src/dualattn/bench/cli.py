@@ -45,6 +45,9 @@ def attention(
     budget_s: float = typer.Option(20.0, "--budget-s", min=0.001,
                                    help="Timing budget per cell: repeats = clamp(budget / first call, min, max)."),
     min_repeats: int = typer.Option(1, "--min-repeats", min=1, help="Minimum timed calls per cell."),
+    reuse_first_call_s: float = typer.Option(
+        10.0, "--reuse-first-call-s", min=0.0,
+        help="If every memory-measuring call of an N took at least this long, count them as the first round."),
     threads: int = typer.Option(2, "--threads", min=1, help="torch CPU threads (torch.set_num_threads)."),
     mem_cap_gb: Optional[float] = typer.Option(
         None, "--mem-cap-gb", help="Skip cells whose estimated peak exceeds this [default: 60% of free memory]."),
@@ -71,7 +74,7 @@ def attention(
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     kwargs = dict(methods=parse_methods(methods), device=device, warmup=warmup, min_repeats=min_repeats,
-                  threads=threads, mem_cap_gb=mem_cap_gb, batch=batch, heads=heads, head_dim=head_dim,
+                  threads=threads, mem_cap_gb=mem_cap_gb, reuse_first_call_s=reuse_first_call_s, batch=batch, heads=heads, head_dim=head_dim,
                   dtype=dtype, out_dir=out, resume=resume, isolate=isolate, cell_timeout_s=cell_timeout_s)
     if seq_lens is not None:
         kwargs["seq_lens"] = parse_int_list(seq_lens, "seq-lens")

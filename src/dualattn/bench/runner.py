@@ -35,7 +35,9 @@ class BenchConfig:
     """Settings of one sweep. ``mem_cap_gb=None`` means 60% of the memory available now.
 
     Timing per N is round-robin over the methods with
-    ``rounds = clamp(ceil(budget_s * n_methods / sum(t_first_call)), min_repeats, repeats)``.
+    ``rounds = clamp(ceil(budget_s * n_methods / sum(t_first_call)), min_repeats, repeats)``;
+    when every first (memory-measuring) call of an N took >= ``reuse_first_call_s``
+    those calls count as the first round (see ``dualattn.bench.worker.run_timing``).
     """
 
     seq_lens: tuple[int, ...] = DEFAULT_SEQ_LENS
@@ -50,6 +52,7 @@ class BenchConfig:
     repeats: int = 5
     min_repeats: int = 1
     budget_s: float | None = 20.0
+    reuse_first_call_s: float | None = 10.0
     mem_cap_gb: float | None = None
     isolate: bool = True
     cell_timeout_s: float = 3600.0
@@ -85,7 +88,8 @@ class BenchConfig:
     @property
     def plan(self) -> TimingPlan:
         return TimingPlan(repeats=self.repeats, min_repeats=min(self.min_repeats, self.repeats),
-                          budget_s=self.budget_s, warmup=self.warmup)
+                          budget_s=self.budget_s, warmup=self.warmup,
+                          reuse_first_call_s=self.reuse_first_call_s)
 
     @property
     def csv_path(self) -> Path:
@@ -171,7 +175,7 @@ def timing_results(cases: Sequence[Case], plan: TimingPlan, first_call_s: Sequen
     """``{method: timing result}`` for ``cases`` of one N, measured round-robin in one worker."""
     if not cases:
         return {}
-    if not isolate:
+    if not isolate or plan.reuses_only(first_call_s):
         return run_timing(cases, plan, first_call_s)
     job = {"cases": [c.to_dict() for c in cases], "plan": plan.__dict__,
            "first_call_s": None if first_call_s is None else list(first_call_s)}

@@ -76,6 +76,7 @@ class TimingPlan:
     min_repeats: int = 1
     budget_s: float | None = 20.0
     warmup: int = 1
+    reuse_first_call_s: float | None = 10.0
 
     def __post_init__(self) -> None:
         if self.repeats < 1 or not 1 <= self.min_repeats <= self.repeats:
@@ -85,6 +86,14 @@ class TimingPlan:
             raise ValueError(f"budget_s: expected a positive number or None, got {self.budget_s!r}")
         if self.warmup < 0:
             raise ValueError(f"warmup: expected >= 0, got {self.warmup!r}")
+
+    def reuses_only(self, first_call_s: Sequence[float | None] | None) -> bool:
+        """True when the memory-job calls alone make up all the rounds (no timing job needed)."""
+        if first_call_s is None or self.reuse_first_call_s is None or not first_call_s:
+            return False
+        if any(f is None or f < self.reuse_first_call_s for f in first_call_s):
+            return False
+        return self.rounds(list(first_call_s)) == 1
 
     def rounds(self, first_call_s: Sequence[float]) -> int:
         if self.budget_s is None or not first_call_s:
@@ -155,19 +164,29 @@ def run_timing(cases: Sequence[Case], plan: TimingPlan, first_call_s: Sequence[f
 
     Per method: median/IQR of its samples; with SDPA among the cases also
     ``time_ratio_sdpa_paired = median_i(t_method_i / t_sdpa_i)`` over rounds.
-    ``first_call_s`` (seconds, from the memory job) sizes the rounds and decides
-    whether a full-size warm-up call is needed (only for calls < ``WARMUP_BELOW_S``).
+    ``first_call_s`` (seconds, from the memory job, which ran the methods one
+    after another) sizes the rounds and decides whether a full-size warm-up is
+    needed (only for calls < ``WARMUP_BELOW_S``). When every first call took at
+    least ``plan.reuse_first_call_s``, those calls are themselves round 0 (one-time
+    costs are negligible there) and only the remaining rounds are run here.
     """
-    results: dict[str, dict[str, Any]] = {}
-    built: dict[str, tuple[Callable, tuple, torch.device]] = {}
     firsts = list(first_call_s) if first_call_s is not None else [None] * len(cases)
     if len(firsts) != len(cases):
         raise ValueError(f"first_call_s: expected {len(cases)} values, got {len(firsts)}")
-    known: list[float] = []
+    reuse = plan.reuse_first_call_s is not None and all(f is not None and f >= plan.reuse_first_call_s for f in firsts)
+    results: dict[str, dict[str, Any]] = {}
+    samples: dict[str, list[float]] = {}
+    built: dict[str, tuple[Callable, tuple, torch.device]] = {}
+    rounds = plan.rounds([f for f in firsts if f is not None]) if reuse else None
     for case, t_first in zip(cases, firsts):
+        if reuse:
+            samples[case.method] = [t_first * 1e3]
+            if rounds == 1:
+                continue
         setup = _setup(case)
         if isinstance(setup, dict):
             results[case.method] = setup
+            samples.pop(case.method, None)
             continue
         device, dtype = setup
         try:
@@ -179,21 +198,23 @@ def run_timing(cases: Sequence[Case], plan: TimingPlan, first_call_s: Sequence[f
                 t_first = timed_call(fn, inputs, device)
         except Exception as exc:
             results[case.method] = _failure(exc)
+            samples.pop(case.method, None)
             continue
         built[case.method] = (fn, inputs, device)
-        known.append(t_first)
-    rounds = plan.rounds(known)
-    samples: dict[str, list[float]] = {m: [] for m in built}
-    for _ in range(rounds):
+        samples.setdefault(case.method, [])
+        firsts[cases.index(case)] = t_first
+    if rounds is None:
+        rounds = plan.rounds([f for c, f in zip(cases, firsts) if c.method in built])
+    for _ in range(rounds - (1 if reuse else 0)):
         for m, (fn, inputs, device) in list(built.items()):
             try:
                 samples[m].append(timed_call(fn, inputs, device) * 1e3)
             except Exception as exc:
                 results[m] = _failure(exc)
-                del built[m]
-    base = samples.get(PAIR_BASELINE) if PAIR_BASELINE in built else None
+                del built[m], samples[m]
+    base = samples.get(PAIR_BASELINE)
     for m, s in samples.items():
-        if m not in built or not s:
+        if not s:
             continue
         t = Timing(samples_ms=tuple(s), warmup=plan.warmup)
         row = {"status": "ok", "reason": "", "time_ms": t.median_ms, "time_iqr_ms": t.iqr_ms,
