@@ -115,3 +115,24 @@ def test_relu_cone_decomposition_reproduces_gated_outputs(name, method):
     assert head.nonconvex_penalty(w) >= head.penalty(Z) - 1e-9
     with pytest.raises(ValueError, match="needs the training inputs"):
         head.recover(Z)
+
+
+def test_min_norm_split_is_cheaper_and_fallback_is_exact():
+    from dualattn.convex.cone import relu_split
+    from dualattn.convex.heads.gated import attention_constraints
+
+    head = get_head("gated", num_gates=2).setup(3, 2)
+    g = torch.Generator().manual_seed(4)
+    X = torch.randn(5, 3, 3, generator=g, dtype=torch.float64)
+    Z = torch.randn(head.variable_shape(), generator=g, dtype=torch.float64)
+    w = head.recover(Z)
+    relu = get_head("relu", num_gates=2).setup(3, 2)
+    out = head.forward(Z, X)
+    pens = {}
+    for method, max_rows in [("min-norm", 10**6), ("closed-form", 10**6), ("min-norm", 1)]:
+        W1, W2 = relu_split(X, attention_constraints, w["W1"], w["H"], w["W2"], method=method, max_socp_rows=max_rows)
+        wr = {"W1": W1, "W2": W2}
+        assert torch.allclose(relu.nonconvex_forward(wr, X), out, atol=1e-8)
+        pens[(method, max_rows)] = float(relu.nonconvex_penalty(wr))
+    assert pens[("min-norm", 10**6)] <= pens[("closed-form", 10**6)] + 1e-9
+    assert pens[("min-norm", 1)] == pytest.approx(pens[("closed-form", 10**6)])  # fallback = closed form

@@ -7,49 +7,67 @@ the same activation pattern is ``K = {w : C w >= 0}`` (``h`` lies in it), and fo
 ``p, q in K``: ``D ∘ (C_raw (p - q)) = relu(C_raw p) - relu(C_raw q)``.
 So ``w = p - q`` realises the gated unit with two ReLU units ``(p, v), (q, -v)``.
 
-* :func:`split_closed_form`: ``p = w + tau h``, ``q = tau h`` with the smallest
-  feasible ``tau = max_r max(-(C w)_r, 0) / (C h)_r``.
+* :func:`closed_form_tau`: ``p = w + tau h``, ``q = tau h`` with the smallest
+  feasible ``tau = max_r max(-(C w)_r, 0) / (C h)_r`` (streamed over data chunks).
 * :func:`split_min_norm`: ``min ||p|| + ||q|| s.t. p - q = w, C p >= 0, C q >= 0``
   (one SOCP for all units, solved with Clarabel; the ReLU pair's weight decay after balancing is
-  ``||v|| (||p|| + ||q||)``), falling back to the closed form if it fails.
+  ``||v|| (||p|| + ||q||)``), falling back to the closed form if it fails or is too large.
+
+The constraint rows are produced from the data by ``rows_fn(X_chunk) -> (r, k)``
+(attention: ``vec(x_t x_u^T)``; MLP: ``x_t``), chunk by chunk, so large data
+never materialises all ``n s^2`` rows except for the (small) SOCP.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
 from torch import Tensor
 
 
-def split_closed_form(C: Tensor, w: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-    """``(p, q) = (w + tau h, tau h)`` with the smallest ``tau >= 0`` such that ``C p >= 0``."""
-    cw, ch = C @ w, C @ h
-    ok = ch > 0
-    need = torch.where(ok, torch.clamp(-cw, min=0) / torch.where(ok, ch, torch.ones_like(ch)), torch.zeros_like(ch))
-    tau = (need.max() if need.numel() else torch.zeros((), dtype=w.dtype)) * (1.0 + 1e-9)
-    return w + tau * h, tau * h
+Rows = Callable[[Tensor], Tensor]
 
 
-def split_min_norm(C0: Tensor, W: Tensor, H: Tensor, *, max_rows: int = 200_000) -> tuple[Tensor, Tensor]:
+def _chunks(X: Tensor, rows_fn: Rows, chunk: int) -> Iterator[Tensor]:
+    for a in range(0, X.shape[0], chunk):
+        yield rows_fn(X[a : a + chunk])
+
+
+def _margins(C0: Tensor, W: Tensor, H: Tensor) -> tuple[Tensor, Tensor]:
+    """Signed margins ``sgn(C0 h_j) * (C0 w_j)`` and ``|C0 h_j|``, both ``(rows, m)``."""
+    cw, ch = C0 @ W.T, C0 @ H.T
+    return torch.where(ch >= 0, cw, -cw), ch.abs()
+
+
+def closed_form_tau(X: Tensor, rows_fn: Rows, W: Tensor, H: Tensor, *, chunk: int = 256) -> Tensor:
+    """Smallest ``tau_j >= 0`` with ``w_j + tau_j h_j`` in the cone of gate ``h_j`` (``W, H (m, k)``).
+
+    Rows with ``|C0 h| = 0`` and a negative margin cannot be fixed by ``h`` (measure zero) and are skipped.
+    """
+    tau = torch.zeros(W.shape[0], dtype=W.dtype, device=W.device)
+    for C0 in _chunks(X, rows_fn, chunk):
+        mw, mh = _margins(C0, W, H)
+        ok = mh > 0
+        need = torch.where(ok, torch.clamp(-mw, min=0) / torch.where(ok, mh, torch.ones_like(mh)), 0.0)
+        if need.numel():
+            tau = torch.maximum(tau, need.max(dim=0).values)
+    return tau * (1.0 + 1e-9)
+
+
+def split_min_norm(C0: Tensor, W: Tensor, H: Tensor) -> tuple[Tensor, Tensor] | None:
     """Minimum ``sum_j ||p_j|| + ||q_j||`` splits ``w_j = p_j - q_j`` with ``p_j, q_j`` in the cone of gate ``h_j``.
 
-    ``W, H`` are ``(m, k)``; one SOCP for all units (separable), solved by Clarabel;
-    falls back to :func:`split_closed_form` per unit when too large or on failure.
+    ``W, H`` are ``(m, k)``; one SOCP for all units (separable), solved by Clarabel.
+    Returns ``None`` if the solver fails.
     """
-
-    def fallback():
-        pairs = [split_closed_form(_signed(C0, H[j]), W[j], H[j]) for j in range(W.shape[0])]
-        return torch.stack([p for p, _ in pairs]), torch.stack([q for _, q in pairs])
-
-    if C0.shape[0] * W.shape[0] > max_rows:
-        return fallback()
     import cvxpy as cp
 
-    keep = C0.abs().sum(dim=1) > 0
-    C = C0[keep]
+    C = C0[C0.abs().sum(dim=1) > 0]
     C = C / C.abs().max(dim=1, keepdim=True).values
     S = torch.where(C @ H.T >= 0, 1.0, -1.0).to(C.dtype)  # (rows, m) gate signs
-    Cn, Sn, Wn = (t.detach().cpu().double().numpy() for t in (C, S, W.T))
+    Cn, Sn, Wn = (a.detach().cpu().double().numpy() for a in (C, S, W.T))
     Pv = cp.Variable(Wn.shape)
     Qv = Pv - Wn
     cons = [cp.multiply(Sn, Cn @ Pv) >= 0, cp.multiply(Sn, Cn @ Qv) >= 0]
@@ -57,26 +75,18 @@ def split_min_norm(C0: Tensor, W: Tensor, H: Tensor, *, max_rows: int = 200_000)
     try:
         prob.solve(solver="CLARABEL")
     except cp.error.SolverError:
-        return fallback()
+        return None
     if Pv.value is None or prob.status not in ("optimal", "optimal_inaccurate"):
-        return fallback()
-    P = torch.as_tensor(Pv.value.T, dtype=W.dtype, device=W.device)
+        return None
+    P = torch.as_tensor(np.asarray(Pv.value).T, dtype=W.dtype, device=W.device)
     Q = P - W
     # clean tiny solver violations by a minimal push along h (keeps p - q = w)
-    for j in range(W.shape[0]):
-        Cj = _signed(C0, H[j])
-        extra = torch.clamp(-torch.minimum(Cj @ P[j], Cj @ Q[j]), min=0)
-        if (extra > 0).any():
-            ch = Cj @ H[j]
-            ok = ch > 0
-            tau = torch.where(ok, extra / torch.where(ok, ch, torch.ones_like(ch)), torch.zeros_like(ch)).max()
-            P[j], Q[j] = P[j] + tau * (1 + 1e-9) * H[j], Q[j] + tau * (1 + 1e-9) * H[j]
-    return P, Q
-
-
-def _signed(C0: Tensor, h: Tensor) -> Tensor:
-    """``diag(2 D - 1) C0`` with ``D = 1{C0 h >= 0}``: the cone of gate ``h`` is ``{x : C x >= 0}``."""
-    return torch.where((C0 @ h >= 0)[:, None], C0, -C0)
+    mp, mh = _margins(C0, P, H)
+    mq, _ = _margins(C0, Q, H)
+    extra = torch.clamp(-torch.minimum(mp, mq), min=0)
+    ok = mh > 0
+    tau = torch.where(ok, extra / torch.where(ok, mh, torch.ones_like(mh)), 0.0).max(dim=0).values * (1 + 1e-9)
+    return P + tau[:, None] * H, Q + tau[:, None] * H
 
 
 def balance(A: Tensor, B: Tensor) -> tuple[Tensor, Tensor]:
@@ -86,42 +96,51 @@ def balance(A: Tensor, B: Tensor) -> tuple[Tensor, Tensor]:
     """
     na, nb = A.flatten(1).norm(dim=1), B.flatten(1).norm(dim=1)
     r = torch.where((na > 0) & (nb > 0), (nb / na.clamp_min(1e-300)).sqrt(), torch.ones_like(na))
-    shape = (-1,) + (1,) * (A.ndim - 1)
-    shape_b = (-1,) + (1,) * (B.ndim - 1)
-    return A * r.reshape(shape), B / r.reshape(shape_b)
+    return A * r.reshape((-1,) + (1,) * (A.ndim - 1)), B / r.reshape((-1,) + (1,) * (B.ndim - 1))
 
 
-def relu_split(C0: Tensor, W: Tensor, H: Tensor, V: Tensor, *, method: str = "min-norm"):
+def relu_split(
+    X: Tensor,
+    rows_fn: Rows,
+    W: Tensor,
+    H: Tensor,
+    V: Tensor,
+    *,
+    method: str = "min-norm",
+    max_socp_rows: int = 200_000,
+) -> tuple[Tensor, Tensor]:
     """Split every gated unit ``(W_j, V_j)`` with gate ``H_j`` into balanced ReLU units.
 
-    ``C0`` is the raw constraint matrix (rows = pre-activations on the training
-    data as linear functions of the flattened first-layer weights).  Returns ``(W', V')`` with the
-    ``p``-units first and the nonzero ``q``-units after them.
+    Returns ``(W', V')`` with the ``p``-units first and the nonzero ``q``-units after.
+    ``"min-norm"`` falls back to the closed form when ``rows * m > max_socp_rows``.
     """
     if method not in ("min-norm", "closed-form"):
         raise ValueError(f"method must be 'min-norm' or 'closed-form', got {method!r}")
-    shape = W.shape[1:]
     if W.shape[0] == 0:
         return W, V
+    shape = W.shape[1:]
     Wf, Hf = W.reshape(W.shape[0], -1), H.reshape(H.shape[0], -1)
+    split = None
     if method == "min-norm":
-        Pt, Qt = split_min_norm(C0, Wf, Hf)
-    else:
-        pairs = [split_closed_form(_signed(C0, Hf[j]), Wf[j], Hf[j]) for j in range(W.shape[0])]
-        Pt, Qt = torch.stack([p for p, _ in pairs]), torch.stack([q for _, q in pairs])
-    Pt, Qt = Pt.reshape(-1, *shape), Qt.reshape(-1, *shape)
+        n_rows = rows_fn(X[:1]).shape[0] * X.shape[0]
+        if n_rows * W.shape[0] <= max_socp_rows:
+            split = split_min_norm(rows_fn(X), Wf, Hf)
+    if split is None:
+        tau = closed_form_tau(X, rows_fn, Wf, Hf)
+        split = (Wf + tau[:, None] * Hf, tau[:, None] * Hf)
+    Pt, Qt = split[0].reshape(-1, *shape), split[1].reshape(-1, *shape)
     Pt, Vp = balance(Pt, V)
     Qt, Vq = balance(Qt, -V)
     keep = Qt.flatten(1).norm(dim=1) > 0
     return torch.cat([Pt, Qt[keep]]), torch.cat([Vp, Vq[keep]])
 
 
-def violation(C0: Tensor, W: Tensor, H: Tensor) -> float:
-    """Relative cone violation ``sum_r max(-(C w)_r, 0) / sum_r |(C w)_r|`` over all units."""
+def violation(X: Tensor, rows_fn: Rows, W: Tensor, H: Tensor, *, chunk: int = 256) -> float:
+    """Relative cone violation ``sum_r max(-m_r, 0) / sum_r |m_r|`` of the margins of all units."""
+    Wf, Hf = W.reshape(W.shape[0], -1), H.reshape(H.shape[0], -1)
     bad, tot = 0.0, 0.0
-    for j in range(W.shape[0]):
-        h, w = H[j].reshape(-1), W[j].reshape(-1)
-        m = torch.where(C0 @ h >= 0, 1.0, -1.0).to(w.dtype) * (C0 @ w)
-        bad += float(torch.clamp(-m, min=0).sum())
-        tot += float(m.abs().sum())
+    for C0 in _chunks(X, rows_fn, chunk):
+        mw, _ = _margins(C0, Wf, Hf)
+        bad += float(torch.clamp(-mw, min=0).sum())
+        tot += float(mw.abs().sum())
     return bad / max(tot, 1e-300)

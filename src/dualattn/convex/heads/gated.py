@@ -150,8 +150,8 @@ class ReLUAttentionHead(GatedAttentionHead):
         if X is None:
             raise ValueError("relu head: recover(Z, X=...) needs the training inputs X for the cone decomposition")
         g = super().recover(Z, rtol=rtol)
-        C0 = attention_constraints(X.to(g["W1"]))
-        W1, W2 = relu_split(C0, g["W1"], g["H"], g["W2"], method=self.decomposition)
+        X = X.to(g["W1"])
+        W1, W2 = relu_split(X, attention_constraints, g["W1"], g["H"], g["W2"], method=self.decomposition)
         return {"W1": W1, "W2": W2}
 
     def nonconvex_forward(self, weights: Weights, X: Tensor) -> Tensor:
@@ -178,7 +178,7 @@ def relu_report(head: ConvexHead, gated: Weights, gate_key: str, constraints, fi
     X = fit.X_train
     if X is None or gated["W1"].shape[0] == 0:
         return {"cone_violation": 0.0, "relu_objective": fit.objective, "relu_excess": 0.0}
-    viol = violation(constraints(X.to(gated["W1"])), gated["W1"], gated[gate_key])
+    viol = violation(X.to(gated["W1"]), constraints, gated["W1"], gated[gate_key])
     module = head.nonconvex_module(fit.nonconvex_weights())
     with torch.no_grad():
         obj = float(fit.loss.value(module(X), fit.Y_train) + fit.beta * module.penalty())

@@ -102,7 +102,7 @@ class ReLUMLPHead(GatedMLPHead):
         if X is None:
             raise ValueError("mlp-relu head: recover(Z, X=...) needs the training inputs X for the cone decomposition")
         g = super().recover(Z, rtol=rtol)
-        W1, W2 = relu_split(mlp_constraints(X.to(g["W1"])), g["W1"], g["h"], g["W2"], method=self.decomposition)
+        W1, W2 = relu_split(X.to(g["W1"]), mlp_constraints, g["W1"], g["h"], g["W2"], method=self.decomposition)
         return {"W1": W1, "W2": W2}
 
     def nonconvex_forward(self, weights: Weights, X: Tensor) -> Tensor:

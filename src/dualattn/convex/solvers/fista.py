@@ -65,7 +65,7 @@ def fista(
             raise ValueError(f"Z0 must have shape {shape}, got {tuple(Z0.shape)}")
         Z = Z0.to(dtype=op.dtype, device=op.device).clone()
     if L0 is None:
-        L = max(loss.smoothness * op.norm_estimate(iters=8), 1e-12)
+        L = max(loss.smoothness * op.norm_estimate(iters=3), 1e-12)
     else:
         L = float(L0)
 
