@@ -1,0 +1,130 @@
+"""Swap the attention of an existing model for any dualattn variant, reusing its weights.
+
+Handles our :class:`~dualattn.nn.Attention` (e.g. inside :class:`~dualattn.nn.Encoder`) and
+``transformers`` self-attention modules of BERT style (``query/key/value`` linears, output
+projection outside, e.g. ``BertSelfAttention``) and ViT/Dinov2 style (``q_proj/k_proj/v_proj/o_proj``
+in one module). The pretrained q/k/v/o linears are reused as they are (shared, not copied),
+so ``variant="softmax"`` reproduces the original model.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .attention import Attention
+
+
+def _hf_linears(m: nn.Module) -> Optional[Tuple[nn.Linear, nn.Linear, nn.Linear, Optional[nn.Linear]]]:
+    if not hasattr(m, "num_attention_heads"):
+        return None
+    if all(isinstance(getattr(m, n, None), nn.Linear) for n in ("q_proj", "k_proj", "v_proj")):
+        o = getattr(m, "o_proj", None)
+        return m.q_proj, m.k_proj, m.v_proj, o if isinstance(o, nn.Linear) else None
+    if all(isinstance(getattr(m, n, None), nn.Linear) for n in ("query", "key", "value")):
+        return m.query, m.key, m.value, None
+    return None
+
+
+class HFAttention(nn.Module):
+    """Drop-in replacement for a ``transformers`` self-attention module running a dualattn variant.
+
+    ``forward(hidden_states, attention_mask=None, **kwargs) -> (out, weights or None)`` like the
+    module it replaces. A 4-D HF mask (bool True = attend, or additive float) whose rows are all
+    equal becomes a ``key_padding_mask``; any other mask is passed as ``attn_mask``.
+    """
+
+    def __init__(self, original: nn.Module, variant: str, **variant_options):
+        super().__init__()
+        lin = _hf_linears(original)
+        if lin is None:
+            raise TypeError(f"HFAttention: {type(original).__name__} has no q/k/v linears and num_attention_heads")
+        q, k, v, o = lin
+        H = int(original.num_attention_heads)
+        if q.out_features != q.in_features:
+            raise ValueError(
+                f"HFAttention: {type(original).__name__} maps width {q.in_features} to {q.out_features} "
+                "(heads * head_dim); dualattn needs them equal"
+            )
+        drop = getattr(original, "attention_dropout", None)
+        if drop is None:
+            d = getattr(original, "dropout", None)
+            drop = d.p if isinstance(d, nn.Dropout) else 0.0
+        self.attn = Attention(q.in_features, H, variant, qkv_bias=q.bias is not None, attn_drop=float(drop),
+                              **variant_options)
+        self.attn.q_proj, self.attn.k_proj = q, k
+        if self.attn.v_proj is not None:
+            self.attn.v_proj = v
+        self.attn.out_proj = o if o is not None else nn.Identity()
+        self.attn.to(device=q.weight.device, dtype=q.weight.dtype)
+        self.original_class = type(original).__name__
+        self.train(original.training)
+
+    @staticmethod
+    def _masks(attention_mask: Optional[Tensor], B: int, N: int):
+        if attention_mask is None:
+            return None, None
+        m = attention_mask
+        if m.dtype != torch.bool:
+            m = m > torch.finfo(m.dtype).min / 2
+        if m.dim() == 2:  # (B, Nk) padding mask
+            m = m[:, None, None, :]
+        if m.dim() != 4:
+            raise ValueError(f"HFAttention: unsupported attention_mask shape {tuple(attention_mask.shape)}")
+        if m.shape[1] == 1 and (m.shape[2] == 1 or bool((m == m[:, :, :1]).all())):
+            kpm = m[:, 0, 0, :].expand(B, m.shape[-1])
+            return None, (None if bool(kpm.all()) else kpm.contiguous())
+        return m, None
+
+    def forward(self, hidden_states: Tensor, attention_mask: Optional[Tensor] = None, *args, **kwargs):
+        if kwargs.get("past_key_values") is not None or kwargs.get("past_key_value") is not None:
+            raise ValueError("HFAttention: key/value caching (past_key_values) is not supported")
+        if kwargs.get("encoder_hidden_states") is not None:
+            raise ValueError("HFAttention: only self-attention modules are swapped; cross-attention is unsupported")
+        B, N, _ = hidden_states.shape
+        attn_mask, kpm = self._masks(attention_mask, B, N)
+        need = bool(kwargs.get("output_attentions", False))
+        res = self.attn(hidden_states, key_padding_mask=kpm, attn_mask=attn_mask, need_weights=need)
+        return res if need else (res, None)
+
+
+def _rebuild(old: Attention, variant: str, **variant_options) -> Attention:
+    new = Attention(old.dim, old.num_heads, variant, qkv_bias=old.q_proj.bias is not None, attn_drop=old.attn_drop,
+                    proj_drop=old.proj_drop.p, kv_dim=old.kv_dim, proj_bias=getattr(old.out_proj, "bias", None) is not None,
+                    **variant_options)
+    new.q_proj, new.k_proj, new.out_proj = old.q_proj, old.k_proj, old.out_proj
+    if new.v_proj is not None and old.v_proj is not None:
+        new.v_proj = old.v_proj
+    ref = old.q_proj.weight
+    new.to(device=ref.device, dtype=ref.dtype)
+    new.fused = old.fused
+    new.train(old.training)
+    return new
+
+
+def swap_attention(model: nn.Module, variant: str, **variant_options) -> nn.Module:
+    """Replace, in place, every attention module of ``model`` by ``variant`` (weights reused); returns ``model``.
+
+    Raises ``ValueError`` if nothing was replaced.
+    """
+    targets = []
+    for name, m in model.named_modules():
+        if isinstance(m, HFAttention):
+            targets.append((name, m.attn, "ours"))
+        elif isinstance(m, Attention):
+            if not any(name.startswith(t + ".") for t, _, _ in targets):
+                targets.append((name, m, "ours"))
+        elif _hf_linears(m) is not None and "Cross" not in type(m).__name__ and not getattr(m, "is_cross_attention", False):
+            targets.append((name, m, "hf"))
+    if not targets:
+        raise ValueError(f"swap_attention: found no attention module in {type(model).__name__}")
+    for name, m, kind in targets:
+        new = _rebuild(m, variant, **variant_options) if kind == "ours" else HFAttention(m, variant, **variant_options)
+        if name == "":
+            raise ValueError("swap_attention: pass the model that contains the attention, not the attention itself")
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, new)
+    return model
