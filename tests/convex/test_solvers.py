@@ -96,3 +96,15 @@ def test_gpu_matches_cpu(make_data):
     gpu = fit("linear", X, y, 0.5, tol=1e-6, device="cuda")
     assert gpu.Z.is_cuda
     assert gpu.objective == pytest.approx(cpu.objective, rel=1e-5)
+
+
+def test_save_load_roundtrip(make_data, tmp_path):
+    X, y = make_data(n=10, s=3, d=3, c=2, seed=11)
+    f = fit("gated", X, y, 0.3, tol=1e-5, head_options={"num_gates": 2, "seed": 3})
+    f.save(tmp_path / "fit.pt")
+    from dualattn.convex import ConvexFit
+
+    g = ConvexFit.load(tmp_path / "fit.pt")
+    assert g.objective == f.objective and g.head.name == "gated" and g.head.get_config() == f.head.get_config()
+    assert torch.allclose(g.predict(X), f.predict(X), atol=1e-12)
+    assert torch.allclose(g.to_nonconvex()(X), f.predict(X), atol=1e-8)

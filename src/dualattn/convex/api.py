@@ -97,6 +97,30 @@ class ConvexFit:
         """Number of nonconvex heads needed (``m*`` = total rank of the blocks)."""
         return int(next(iter(self.nonconvex_weights().values())).shape[0])
 
+    def save(self, path: str | Path) -> None:
+        """Save head type/options, ``Z``, ``beta``, loss and certificate (not the training data)."""
+        state = {
+            "head": self.head.name, "head_config": self.head.get_config(), "d": self.head.d, "c": self.head.c,
+            "s": self.head.s, "Z": self.Z.detach().cpu(), "beta": self.beta, "loss": self.loss.name,
+            "summary": self.summary(), "history": self.history,
+        }
+        torch.save(state, Path(path))
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str | torch.device = "cpu") -> ConvexFit:
+        """Inverse of :meth:`save` (gates are re-sampled from the saved seed, so predictions match)."""
+        st = torch.load(Path(path), weights_only=False)
+        head = get_head(st["head"], **st["head_config"])
+        Z = st["Z"]
+        head.setup(st["d"], st["c"], s=st["s"], dtype=Z.dtype, device=device)
+        sm = st["summary"]
+        return cls(
+            head=head, Z=Z.to(device), beta=st["beta"], loss=get_loss(st["loss"]), objective=sm["objective"],
+            dual_objective=sm["dual_objective"], gap=sm["gap"], rel_gap=sm["rel_gap"], iterations=sm["iterations"],
+            time=sm["time"], status=sm["status"], solver=sm["solver"], history=st["history"],
+            info={k: v for k, v in sm.items() if k not in cls.__dataclass_fields__ and k not in ("head", "loss")},
+        )
+
     def summary(self) -> dict:
         keys = ("objective", "dual_objective", "gap", "rel_gap", "iterations", "time", "status", "solver", "beta")
         out = {k: getattr(self, k) for k in keys}
