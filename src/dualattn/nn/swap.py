@@ -111,11 +111,10 @@ def swap_attention(model: nn.Module, variant: str, **variant_options) -> nn.Modu
     """
     targets = []
     for name, m in model.named_modules():
-        if isinstance(m, HFAttention):
-            targets.append((name, m.attn, "ours"))
-        elif isinstance(m, Attention):
-            if not any(name.startswith(t + ".") for t, _, _ in targets):
-                targets.append((name, m, "ours"))
+        if isinstance(m, Attention):  # ours, standalone or inside an HFAttention wrapper (name "....attn")
+            targets.append((name, m, "ours"))
+        elif isinstance(m, HFAttention):
+            continue
         elif _hf_linears(m) is not None and "Cross" not in type(m).__name__ and not getattr(m, "is_cross_attention", False):
             targets.append((name, m, "hf"))
     if not targets:
