@@ -81,3 +81,12 @@ def test_peak_memory_sees_a_large_allocation():
     assert pm.peak_mb >= 0
     if pm.method == "VmHWM-delta":
         assert pm.peak_mb > 40
+
+
+def test_flops_count_cpu_sdpa():
+    class M(torch.nn.Module):
+        def forward(self, q):
+            return torch.nn.functional.scaled_dot_product_attention(q, q, q)
+
+    # QK^T and AV: 2 * (2 * B*H*N*N*D)
+    assert estimate_flops(M(), torch.randn(1, 2, 10, 8)) == 4 * 2 * 10 * 10 * 8

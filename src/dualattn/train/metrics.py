@@ -106,12 +106,21 @@ def estimate_flops(model: torch.nn.Module, *inputs, **kwargs) -> int:
     Counts matrix products (mm/bmm/addmm/einsum-as-bmm/conv/SDPA) at 2 FLOPs per
     multiply-add; element-wise ops (softmax, norms, pooling) are not counted.
     """
-    from torch.utils.flop_counter import FlopCounterMode
+    from torch.utils import flop_counter as fcm
 
+    def _sdpa(q_shape, k_shape, v_shape, *args, out_shape=None, **kw):
+        return fcm.sdpa_flop_count(q_shape, k_shape, v_shape)
+
+    # torch's table covers the CUDA SDPA kernels only; count the CPU kernel the same way.
+    custom = {}
+    for name in ("_scaled_dot_product_flash_attention_for_cpu",):
+        op = getattr(torch.ops.aten, name, None)
+        if op is not None:
+            custom[op] = _sdpa
     was_training = model.training
     model.eval()
     try:
-        with FlopCounterMode(display=False) as fc:
+        with fcm.FlopCounterMode(display=False, custom_mapping=custom) as fc:
             model(*inputs, **kwargs)
         return int(fc.get_total_flops())
     finally:
