@@ -125,3 +125,10 @@ def test_small_preset_label_balance(tmp_path):
     assert d.seq_len == lo.PRESETS["listops-small"]["max_len"]
     counts = d.class_counts().float()
     assert counts.max() / counts.sum() < 0.3  # no class dominates
+
+
+def test_too_few_distinct_expressions(tmp_path):
+    # "[OP a b ]" is the only shape with 4 tokens at depth 2: 4 * 10 * 10 = 400 distinct expressions
+    with pytest.raises(ValueError, match="distinct expressions"):
+        _load(tmp_path, n_train=450, n_val=0, n_test=0, min_len=4, max_len=4, max_depth=2, max_args=2)
+    assert not list((tmp_path / "listops").glob("*.chunks"))

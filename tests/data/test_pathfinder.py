@@ -73,6 +73,8 @@ def test_small_preset_and_bad_config(tmp_path):
         _load(tmp_path, endpoint_dist=(5, 2))
     with pytest.raises(TypeError, match="unknown option"):
         _load(tmp_path, wiggle=3)
+    with pytest.raises(ValueError, match="could not place"):  # 6 long paths 4 px apart do not fit in 12x12
+        _load(tmp_path, size=12, path_len=25.0, n_distractors=4, min_sep=4.0)
     with pytest.raises(ValueError, match="n_val"):
         _load(tmp_path, "val", n_val=0)
     assert pf.PRESETS["pathfinder-small"]["n_train"] < pf.PathfinderConfig().n_train

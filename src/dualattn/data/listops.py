@@ -267,10 +267,12 @@ def generate_listops(
             if count == total:
                 break
         chunk += 1
-        if chunk > 50 + 50 * (total // cfg.chunk_size + 1):
-            raise RuntimeError(
-                f"ListOps: could not find {total} distinct expressions with {cfg}; "
-                "increase max_len/max_depth/max_args or reduce the sample counts"
+        if count < total and chunk > 50 + 50 * (total // cfg.chunk_size + 1):
+            bar.close()
+            shutil.rmtree(chunk_dir, ignore_errors=True)
+            raise ValueError(
+                f"ListOps: found only {count} of {total} distinct expressions with {cfg}; "
+                "increase max_len/max_depth/max_args or reduce n_train/n_val/n_test"
             )
     bar.close()
     out = {

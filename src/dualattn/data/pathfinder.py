@@ -213,7 +213,7 @@ def sample_image(
         if len(paths) != 2 + cfg.n_distractors:
             continue
         return render([_dashed(p, cfg) for p in paths], [circ_a, circ_b], cfg), np.stack([circ_a, circ_b])
-    raise RuntimeError(
+    raise ValueError(
         f"Pathfinder: could not place {2 + cfg.n_distractors} paths in {tries} tries; "
         "use a larger size, shorter path_len or fewer n_distractors"
     )
