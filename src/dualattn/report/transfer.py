@@ -145,11 +145,13 @@ def plot_bars(rows: list[dict[str, Any]], key: str, path: Path, ylabel: str, log
     return path
 
 
-def token_cluster_maps(convex_fit, X, y, s: int, path: str | Path, classes=None, n_images: int = 8) -> Path:
+def token_cluster_maps(convex_fit, X, y, s: int, path: str | Path, classes=None, images=None,
+                       n_images: int = 8, n_clusters: int = 3) -> Path:
     """Token-cluster maps of a fitted convex self-attention head over the pooled patch grid.
 
-    Uses :mod:`dualattn.convex.interpret` (``token_clusters`` / ``plot_token_clusters``);
-    ``X (n, s, d)`` are reduced tokens (CLS + ``g x g`` grid), so the grid is ``g x g``.
+    Uses :func:`dualattn.convex.interpret.token_clusters` (spectral clustering of the
+    head's token affinities) on ``X (n, s, d)`` = CLS + ``g x g`` pooled grid, drops
+    the CLS token and draws the ``g x g`` labels over ``images`` when given.
     """
     from dualattn.convex import interpret
 
@@ -158,12 +160,17 @@ def token_cluster_maps(convex_fit, X, y, s: int, path: str | Path, classes=None,
         raise ValueError(f"s: token-cluster maps need s = 1 + g^2 (CLS + patch grid), got {s}")
     import torch
 
-    Xt = torch.as_tensor(np.asarray(X[:n_images]), dtype=torch.float64)
+    k = min(n_images, len(X))
+    Xt = torch.as_tensor(np.asarray(X[:k]), dtype=torch.float64)
+    labels = interpret.token_clusters(convex_fit, Xt, n_clusters)[:, 1:]
+    titles = [f"label {classes[int(t)] if classes else int(t)}" for t in np.asarray(y[:k])]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    clusters = interpret.token_clusters(convex_fit, Xt)
-    titles = [f"label {classes[int(t)] if classes else int(t)}" for t in np.asarray(y[:n_images])]
-    interpret.plot_token_clusters(clusters, grid=(g, g), path=path, titles=titles, has_cls=True)
+    fig = interpret.plot_token_clusters(labels, grid=(g, g), images=None if images is None else images[:k],
+                                        path=path, titles=titles, max_samples=k)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
     return path
 
 

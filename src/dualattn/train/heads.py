@@ -197,10 +197,10 @@ BASELINES = ("linear-probe", "mlp", "softmax-attention")
 
 def fit_baseline(head: str, X, y, X_test, y_test, *, loss: str = "cross_entropy", beta: float = 1.0,
                  seed: int = 0, epochs: int = 200, lr: float = 3e-3, hidden: int = 256, heads: int = 4,
-                 batch_size: int = 128, reduction: str = "sum") -> HeadResult:
+                 batch_size: int = 128, reduction: str = "sum", num_classes: int | None = None) -> HeadResult:
     """Fit baseline ``head`` in :data:`BASELINES`."""
     X = np.asarray(X)
-    d, c = X.shape[-1], int(max(np.max(y), np.max(y_test))) + 1
+    d, c = X.shape[-1], num_classes or int(max(np.max(y), np.max(y_test))) + 1
     torch.manual_seed(seed)
     if head == "linear-probe":
         return fit_module(PooledLinear(d, c), X, y, X_test, y_test, head=head, loss=loss, beta=beta,
@@ -219,7 +219,7 @@ def fit_nonconvex_counterpart(convex_head: str, X, y, X_test, y_test, *, m: int 
                               head_options: dict | None = None, loss: str = "cross_entropy",
                               beta: float = 1.0, seed: int = 0, epochs: int = 200, lr: float = 3e-3,
                               batch_size: int = 128, init_scale: float = 0.1,
-                              reduction: str = "sum") -> HeadResult:
+                              reduction: str = "sum", num_classes: int | None = None) -> HeadResult:
     """Train the nonconvex model of convex head ``convex_head`` (``m`` heads/neurons) by Adam.
 
     The architecture and penalty ``beta/2 sum ||W||^2`` are the head's own
@@ -229,7 +229,7 @@ def fit_nonconvex_counterpart(convex_head: str, X, y, X_test, y_test, *, m: int 
     from dualattn.convex.heads import get_head
 
     X = np.asarray(X)
-    d, c = X.shape[-1], int(max(np.max(y), np.max(y_test))) + 1
+    d, c = X.shape[-1], num_classes or int(max(np.max(y), np.max(y_test))) + 1
     spec = get_head(convex_head, **{"seed": seed, **(head_options or {})})
     spec.setup(d, c, s=X.shape[1], dtype=torch.float32)
     weights = spec.init_nonconvex(m, generator=torch.Generator().manual_seed(seed), scale=init_scale)

