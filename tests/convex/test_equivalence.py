@@ -60,3 +60,20 @@ def test_relu_head_reports_honest_gap(make_data):
     assert info["relu_excess"] >= -1e-8  # a split costs at least the gated weight decay
     # the ReLU network reproduces the gated predictions on the training data
     assert torch.allclose(module(X), f.predict(X), atol=1e-7)
+
+
+def test_fit_relu_keeps_best_round(make_data):
+    from dualattn.convex import fit_relu
+
+    X, y = make_data(n=10, s=3, d=3, c=1, seed=12)
+    f = fit_relu("mlp-relu", X, y, 0.3, refits=2, tol=1e-6, head_options={"num_gates": 6})
+    rounds = f.info["refits"]
+    assert len(rounds) == 3
+    assert f.info["relu_objective"] == pytest.approx(min(r[1] for r in rounds))
+    # the returned fit is consistent with the head's (restored) gates
+    module = f.to_nonconvex()
+    assert torch.allclose(module(X), f.predict(X), atol=1e-8)
+    obj = float(nonconvex_objective(module, X, y, 0.3).detach())
+    assert obj == pytest.approx(f.info["relu_objective"], rel=1e-8)
+    with pytest.raises(TypeError, match="re-fittable gates"):
+        fit_relu("linear", X, y, 0.3)

@@ -103,6 +103,7 @@ class ConvexFit:
             "head": self.head.name, "head_config": self.head.get_config(), "d": self.head.d, "c": self.head.c,
             "s": self.head.s, "Z": self.Z.detach().cpu(), "beta": self.beta, "loss": self.loss.name,
             "summary": self.summary(), "history": self.history,
+            "gates": self.head.get_gates() if hasattr(self.head, "get_gates") else None,
         }
         torch.save(state, Path(path))
 
@@ -113,6 +114,8 @@ class ConvexFit:
         head = get_head(st["head"], **st["head_config"])
         Z = st["Z"]
         head.setup(st["d"], st["c"], s=st["s"], dtype=Z.dtype, device=device)
+        if st.get("gates") is not None:
+            head.set_gates(st["gates"])
         sm = st["summary"]
         return cls(
             head=head, Z=Z.to(device), beta=st["beta"], loss=get_loss(st["loss"]), objective=sm["objective"],
@@ -269,4 +272,55 @@ def fit_path(
     return fits
 
 
-__all__ = ["fit", "fit_path", "beta_max", "ConvexFit", "nonconvex_objective", "as_features"]
+def fit_relu(
+    head: str | ConvexHead,
+    X,
+    y,
+    beta: float,
+    *,
+    refits: int = 3,
+    head_options: dict | None = None,
+    verbose: bool = False,
+    **fit_options,
+) -> ConvexFit:
+    """ReLU heads (``relu``, ``mlp-relu``) with gate re-fitting; returns the fit whose decomposed
+    ReLU network has the lowest nonconvex objective.
+
+    After each gated solve, the first-layer weights of the largest recovered
+    gated units become the new gates (``H_g = W1_j / ||W1_j||``, remaining slots
+    keep their old gates): a unit whose gate is its own weight lies in its cone,
+    so the next gated solution needs less cone correction.  A heuristic (the
+    ReLU problem is not certified); ``info['refits']`` lists, per round,
+    ``(gated optimum, relu_objective, cone_violation)``.
+    """
+    head = get_head(head, **(head_options or {}))
+    if not hasattr(head, "gated_weights") or not hasattr(head, "set_gates"):
+        raise TypeError(f"fit_relu needs a ReLU head with re-fittable gates ('relu', 'mlp-relu'), got {head.name!r}")
+    if not (isinstance(refits, int) and refits >= 0):
+        raise ValueError(f"refits must be an int >= 0, got {refits!r}")
+    best = fit(head, X, y, beta, verbose=verbose, **fit_options)
+    best_gates = head.get_gates()
+    rounds = [(best.objective, best.info["relu_objective"], best.info["cone_violation"])]
+    current = best
+    for _ in range(refits):
+        W1 = current.head.gated_weights(current.Z)["W1"]
+        if W1.shape[0] == 0:
+            break
+        norms = W1.flatten(1).norm(dim=1)
+        top = torch.argsort(norms, descending=True)[: head.num_gates]
+        gates = head.get_gates()
+        gates[: len(top)] = (W1[top] / norms[top].reshape((-1,) + (1,) * (W1.ndim - 1))).detach().cpu().double()
+        head.set_gates(gates)
+        current = fit(head, X, y, beta, verbose=verbose, **fit_options)
+        rounds.append((current.objective, current.info["relu_objective"], current.info["cone_violation"]))
+        if verbose:
+            print(f"refit {len(rounds) - 1}: gated={rounds[-1][0]:.6g} relu={rounds[-1][1]:.6g} "
+                  f"violation={rounds[-1][2]:.3f}")
+        if current.info["relu_objective"] < best.info["relu_objective"]:
+            best, best_gates = current, head.get_gates()
+    head.set_gates(best_gates)
+    best.info["refits"] = rounds
+    return best
+
+
+__all__ = ["fit", "fit_path", "fit_relu", "beta_max", "ConvexFit", "nonconvex_objective", "as_features"]

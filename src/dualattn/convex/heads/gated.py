@@ -61,6 +61,20 @@ class GatedAttentionHead(ConvexHead):
     def _move(self) -> None:
         self.H = self._H_cpu.to(device=self.device, dtype=self.dtype)
 
+    def get_gates(self) -> Tensor:
+        """The gate matrices ``H (P, d, d)`` (float64, CPU)."""
+        self._require_setup()
+        return self._H_cpu.clone()
+
+    def set_gates(self, H: Tensor) -> None:
+        """Replace the gate matrices (changes the program; e.g. gate re-fitting for ReLU heads)."""
+        self._require_setup()
+        shape = (self.num_gates, self.d, self.d)
+        if not isinstance(H, Tensor) or tuple(H.shape) != shape or not torch.isfinite(H).all():
+            raise ValueError(f"H must be a finite tensor of shape {shape}, got {getattr(H, 'shape', type(H))}")
+        self._H_cpu = H.detach().to("cpu", torch.float64).clone()
+        self._move()
+
     def variable_shape(self) -> tuple[int, int, int]:
         self._require_setup()
         return (self.num_gates, self.d * self.d, self.d * self.c)
@@ -166,9 +180,15 @@ class ReLUAttentionHead(GatedAttentionHead):
         w = super().init_nonconvex(m, generator=generator, scale=scale)
         return {"W1": w["W1"], "W2": w["W2"]}
 
+    gate_key = "H"
+
+    def gated_weights(self, Z: Tensor) -> Weights:
+        """The gated-ReLU heads of ``Z`` (before the cone decomposition)."""
+        return GatedAttentionHead.recover(self, Z)
+
     def fit_report(self, fit) -> dict:
         """Cone violation of the gated factors and the objective of the decomposed ReLU network."""
-        return super().fit_report(fit) | relu_report(self, GatedAttentionHead.recover(self, fit.Z), "H",
+        return super().fit_report(fit) | relu_report(self, self.gated_weights(fit.Z), "H",
                                                      attention_constraints, fit)
 
 

@@ -46,6 +46,20 @@ class GatedMLPHead(ConvexHead):
     def _move(self) -> None:
         self.h = self._h_cpu.to(device=self.device, dtype=self.dtype)
 
+    def get_gates(self) -> Tensor:
+        """The gate vectors ``h (P, d)`` (float64, CPU)."""
+        self._require_setup()
+        return self._h_cpu.clone()
+
+    def set_gates(self, h: Tensor) -> None:
+        """Replace the gate vectors (changes the program; e.g. gate re-fitting for ReLU heads)."""
+        self._require_setup()
+        shape = (self.num_gates, self.d)
+        if not isinstance(h, Tensor) or tuple(h.shape) != shape or not torch.isfinite(h).all():
+            raise ValueError(f"h must be a finite tensor of shape {shape}, got {getattr(h, 'shape', type(h))}")
+        self._h_cpu = h.detach().to("cpu", torch.float64).clone()
+        self._move()
+
     def variable_shape(self) -> tuple[int, int, int]:
         self._require_setup()
         return (self.num_gates, self.d, self.c)
@@ -114,6 +128,12 @@ class ReLUMLPHead(GatedMLPHead):
         w = super().init_nonconvex(m, generator=generator, scale=scale)
         return {"W1": w["W1"], "W2": w["W2"]}
 
+    gate_key = "h"
+
+    def gated_weights(self, Z: Tensor) -> Weights:
+        """The gated-ReLU neurons of ``Z`` (before the cone decomposition)."""
+        return GatedMLPHead.recover(self, Z)
+
     def fit_report(self, fit) -> dict:
-        return super().fit_report(fit) | relu_report(self, GatedMLPHead.recover(self, fit.Z), "h",
+        return super().fit_report(fit) | relu_report(self, self.gated_weights(fit.Z), "h",
                                                      mlp_constraints, fit)
