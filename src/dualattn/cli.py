@@ -11,7 +11,7 @@ import importlib
 
 import typer
 
-COMMAND_MODULES = ("train", "bench", "convex", "transfer")
+COMMAND_MODULES = ("train", "bench", "convex", "transfer", "data")
 
 app = typer.Typer(
     name="dualattn",
