@@ -77,6 +77,37 @@ def test_resume_after_interruption_is_identical(full_run, tmp_path):
     assert s["test_acc"] == s_full["test_acc"] and s["epochs"] == 4
 
 
+def test_sigint_is_recorded_and_resumable(full_run, tmp_path):
+    import signal
+
+    d_full, s_full = full_run
+    old = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit):  # Lightning's graceful Ctrl-C shutdown exits with 1
+            train_run(_cfg(max_epochs=4, crash_after_epochs=3, crash_mode="sigint"), tmp_path, splits=SPLITS)
+    finally:
+        signal.signal(signal.SIGINT, old)
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["status"] == "interrupted" and s["last_epoch"] == 3 and "--resume" in s["hint"]
+    s = train_run(_cfg(max_epochs=4), tmp_path, splits=SPLITS, resume=True)
+    a, b = _state(d_full)[0], _state(tmp_path)[0]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert s["test_acc"] == s_full["test_acc"]
+
+
+def test_mixed_precision_request_on_cpu_falls_back(tmp_path):
+    s = train_run(_cfg(max_epochs=1, precision="bf16-mixed", accelerator="cpu"), tmp_path, splits=SPLITS)
+    assert s["precision"] == "32-true" and "GPU-only" in s["notes"][0]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_mixed_precision(tmp_path):
+    s = train_run(_cfg(max_epochs=2, precision="bf16-mixed", accelerator="gpu"), tmp_path, splits=SPLITS)
+    assert s["status"] == "ok" and s["device"] == "cuda" and s["precision"] == "bf16-mixed"
+    assert s["peak_mem_method"] == "cuda.max_memory_allocated" and s["peak_mem_mb"] > 0
+
+
 def test_resume_rejects_changed_config(full_run, tmp_path):
     d, _ = full_run
     cfg = _cfg(max_epochs=4)

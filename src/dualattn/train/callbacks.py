@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import time
@@ -110,3 +111,26 @@ class CrashAfterEpochs(L.Callback):
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(1.0)
         raise SimulatedCrash(f"simulated interruption in epoch {trainer.current_epoch} batch {batch_idx}")
+
+
+class MarkInterrupted(L.Callback):
+    """On any exception inside ``fit`` (Ctrl-C included, which Lightning turns into
+    ``sys.exit(1)``), mark ``summary.json`` as interrupted/failed with the reason."""
+
+    def __init__(self, summary_path: str | Path) -> None:
+        self.path = Path(summary_path)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if not trainer.is_global_zero or not self.path.is_file():
+            return
+        try:
+            s = json.loads(self.path.read_text())
+        except (OSError, json.JSONDecodeError):
+            s = {}
+        failed = type(exception).__name__ == "NonFiniteLossError"
+        s.update(status="failed" if failed else "interrupted",
+                 error=f"{type(exception).__name__}: {exception}".rstrip(": "),
+                 last_epoch=trainer.current_epoch, last_step=trainer.global_step)
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(s, indent=2))
+        os.replace(tmp, self.path)

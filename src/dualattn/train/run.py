@@ -25,7 +25,13 @@ import lightning as L
 import numpy as np
 import torch
 
-from dualattn.train.callbacks import CrashAfterEpochs, EpochCSVLogger, SimulatedCrash, read_metrics_csv
+from dualattn.train.callbacks import (
+    CrashAfterEpochs,
+    EpochCSVLogger,
+    MarkInterrupted,
+    SimulatedCrash,
+    read_metrics_csv,
+)
 from dualattn.train.config import RunConfig, dump_config
 from dualattn.train.data import Splits, load_splits, make_loader
 from dualattn.train.metrics import PeakMemory, count_parameters, estimate_flops, head_redundancy, saved_activation_mb
@@ -252,7 +258,8 @@ def train_run(
     # Lightning's save_last only refreshes when a new best is saved; keep a true every-epoch last.ckpt.
     last_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
                               save_on_train_epoch_end=True, enable_version_counter=False)
-    callbacks: list = [EpochCSVLogger(run_dir / "metrics.csv"), ckpt_cb, last_cb]
+    callbacks: list = [EpochCSVLogger(run_dir / "metrics.csv"), MarkInterrupted(run_dir / "summary.json"), ckpt_cb,
+                       last_cb]
     if t.patience is not None:
         callbacks.append(EarlyStopping(monitor=t.monitor, mode=mode, patience=t.patience, check_on_train_epoch_end=True))
     bar = _progress_callback(progress or t.progress)
@@ -303,10 +310,12 @@ def train_run(
                 summary.update(status="failed", error=str(exc))
                 _write_json(run_dir / "summary.json", summary)
             raise
-        except (SimulatedCrash, KeyboardInterrupt) as exc:
-            if rank0:
-                summary.update(status="interrupted", error=str(exc))
-                _write_json(run_dir / "summary.json", summary)
+        except BaseException:  # Ctrl-C (SystemExit from Lightning), simulated crashes, errors
+            if rank0:  # MarkInterrupted already recorded the reason; add the resume hint
+                s = load_summary(run_dir) or summary
+                s.setdefault("error", "interrupted")
+                s["hint"] = "continue with: dualattn train CONFIG --run-dir RUN_DIR --resume"
+                _write_json(run_dir / "summary.json", s)
             raise
     train_time = time.perf_counter() - t0
     if trainer.interrupted:
