@@ -14,7 +14,7 @@ def _head(name, s, **opts):
     return get_head(name, **opts).setup(D, C, s=s)
 
 
-@pytest.mark.parametrize("name,opts,s", [("mixer-linear", {}, 5), ("mixer-gated", {"n_gates": 3}, 4)])
+@pytest.mark.parametrize("name,opts,s", [("mixer-linear", {}, 5), ("mixer-gated", {"num_gates": 3}, 4)])
 def test_adjoint_and_exact_recovery(name, opts, s):
     head = _head(name, s, **opts)
     X = torch.randn(6, s, D, dtype=torch.float64)
@@ -44,7 +44,7 @@ def test_linear_mixer_matches_literal_formula():
 
 def test_gated_mixer_gates_depend_on_token_and_channel():
     s = 4
-    head = _head("mixer-gated", s, n_gates=2)
+    head = _head("mixer-gated", s, num_gates=2)
     X = torch.randn(10, s, D, dtype=torch.float64)
     M = head.gates(X)
     assert M.shape == (10, 2, s, D)
@@ -65,21 +65,21 @@ def test_bad_input_errors():
     head.setup(D, C)  # no s
     with pytest.raises(ValueError, match="s=<number of tokens>"):
         head.variable_shape()
-    head = _head("mixer-gated", 4, n_gates=2)
+    head = _head("mixer-gated", 4, num_gates=2)
     with pytest.raises(ValueError, match=r"\(n, s, d=3\)"):
         head.features(torch.randn(2, 4, 5, dtype=torch.float64))
     with pytest.raises(ValueError, match="s=4 tokens"):
         head.features(torch.randn(2, 3, D, dtype=torch.float64))
     with pytest.raises(TypeError, match="floating-point"):
         head.features(torch.ones(2, 4, D, dtype=torch.long))
-    with pytest.raises(ValueError, match="n_gates"):
-        get_head("mixer-gated", n_gates=0)
+    with pytest.raises(ValueError, match="num_gates"):
+        get_head("mixer-gated", num_gates=0)
 
 
 @pytest.mark.parametrize(
     "name,opts,loss",
-    [("mixer-linear", {}, "squared"), ("mixer-gated", {"n_gates": 2}, "squared"),
-     ("mixer-gated", {"n_gates": 2}, "cross_entropy")],
+    [("mixer-linear", {}, "squared"), ("mixer-gated", {"num_gates": 2}, "squared"),
+     ("mixer-gated", {"num_gates": 2}, "cross_entropy")],
 )
 def test_fista_matches_cvxpy_and_recovery_is_optimal(name, opts, loss):
     from dualattn.convex import fit, nonconvex_objective

@@ -116,24 +116,24 @@ class MixerLinearHead(_MixerBase):
 
 @register_head("mixer-gated")
 class MixerGatedHead(_MixerBase):
-    """Gated-ReLU MLP-Mixer head: block nuclear norm over ``n_gates`` blocks ``Z_j (s^2, d*c)``."""
+    """Gated-ReLU MLP-Mixer head: block nuclear norm over ``num_gates`` blocks ``Z_j (s^2, d*c)``."""
 
-    def __init__(self, *, n_gates: int = 8, seed: int = 0) -> None:
+    def __init__(self, *, num_gates: int = 8, seed: int = 0) -> None:
         super().__init__(seed=seed)
-        if not (isinstance(n_gates, int) and n_gates > 0):
-            raise ValueError(f"n_gates must be a positive int, got {n_gates!r}")
-        self.n_gates = n_gates
+        if not (isinstance(num_gates, int) and num_gates > 0):
+            raise ValueError(f"num_gates must be a positive int, got {num_gates!r}")
+        self.num_gates = num_gates
         self.G: Tensor | None = None
 
     def get_config(self) -> dict:
-        return {"n_gates": self.n_gates, "seed": self.seed}
+        return {"num_gates": self.num_gates, "seed": self.seed}
 
     def _setup(self, generator: torch.Generator) -> None:
         if self.s is None:  # deferred to bind_tokens
             self.G = None
             return
         s = int(self.s)
-        self.G = torch.randn(self.n_gates, s, s, generator=generator, dtype=torch.float64)
+        self.G = torch.randn(self.num_gates, s, s, generator=generator, dtype=torch.float64)
 
     def _move(self) -> None:
         if self.G is not None:
@@ -141,7 +141,7 @@ class MixerGatedHead(_MixerBase):
 
     def variable_shape(self) -> tuple[int, int, int]:
         s = self._require_s()
-        return (self.n_gates, s * s, self.d * self.c)
+        return (self.num_gates, s * s, self.d * self.c)
 
     def gates(self, X: Tensor, G: Tensor | None = None) -> Tensor:
         """Gate masks ``M_j(X_i) = 1{G_j X_i >= 0}`` as a float tensor ``(n, P, s, d)``."""
@@ -157,7 +157,7 @@ class MixerGatedHead(_MixerBase):
 
     def _blocks(self, Z: Tensor) -> Tensor:
         s = self._require_s()
-        return Z.reshape(self.n_gates, s, s, self.d, self.c)
+        return Z.reshape(self.num_gates, s, s, self.d, self.c)
 
     def apply(self, Z: Tensor, feats: dict[str, Tensor]) -> Tensor:
         """``fbar_i[k] = (1/s) sum_{j,t,u,e} M[i,j,t,e] X[i,u,e] Z_j[t,u,e,k]``."""
@@ -197,5 +197,5 @@ class MixerGatedHead(_MixerBase):
         s = self._require_s()
         W1 = torch.randn(m, s, s, generator=generator, dtype=self.dtype) * scale
         W2 = torch.randn(m, self.d, self.c, generator=generator, dtype=self.dtype) * scale
-        idx = torch.arange(m) % self.n_gates
+        idx = torch.arange(m) % self.num_gates
         return {"W1": W1.to(self.device), "W2": W2.to(self.device), "gate_index": idx.to(self.device), "G": self.G.clone()}
