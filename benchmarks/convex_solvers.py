@@ -392,7 +392,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny sizes (for tests): seconds instead of tens of minutes")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
-    p.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=[256, 1024, 4096])
+    p.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=None,
+                   help="attention sample sizes (default 256,1024,4096; quick: 32,64)")
     p.add_argument("--dims", type=lambda v: [int(x) for x in v.split(",")], default=[8, 16])
     p.add_argument("--s", type=int, default=16)
     p.add_argument("--c", type=int, default=10)
@@ -413,10 +414,11 @@ def parse_args(argv=None):
     p.add_argument("--_cvxpy-child", dest="cvxpy_child", default=None, help=argparse.SUPPRESS)
     cfg = p.parse_args(argv)
     if cfg.quick:
-        cfg.sizes, cfg.dims, cfg.s, cfg.c = [32, 64], [3], 4, 3
+        cfg.sizes, cfg.dims, cfg.s, cfg.c = cfg.sizes or [32, 64], [3], 4, 3
         cfg.mlp_sizes, cfg.mlp_d, cfg.gates = [200], 5, 8
         cfg.timeout = min(cfg.timeout, 120.0)
         cfg.scnn_tols = [1e-6, 1e-8, 1e-10]
+    cfg.sizes = cfg.sizes or [256, 1024, 4096]
     return cfg
 
 

@@ -1,0 +1,79 @@
+"""`dualattn convex ...` commands: heads, fit (files + certificate), bench --quick."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from dualattn.cli import app
+
+runner = CliRunner()
+
+
+def test_heads_lists_mixer_and_fno():
+    res = runner.invoke(app, ["convex", "heads"])
+    assert res.exit_code == 0, res.output
+    for name in ("mixer-linear", "mixer-gated", "fno", "linear"):
+        assert name in res.output
+
+
+def test_fit_synthetic_writes_certified_solution(tmp_path):
+    out = tmp_path / "fit"
+    res = runner.invoke(app, ["convex", "fit", "mixer-gated", "--n", "24", "--s", "4", "--d", "2", "--c", "3",
+                              "-o", "num_gates=2", "--tol", "1e-5", "--clusters", "2", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["head"] == "mixer-gated" and summary["status"] == "optimal"
+    assert summary["rel_gap"] <= 1e-5
+    assert 0 < summary["heads_used"] and 0.0 <= summary["test_acc"] <= 1.0
+    saved = torch.load(out / "Z.pt", weights_only=False)
+    assert saved["Z"].shape == (2, 16, 6) and saved["head_options"] == {"num_gates": 2}
+    for name in ("spectrum.png", "clusters.png", "history.csv"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_fit_npz_patch_grid(tmp_path):
+    """A (n, h, w, d) array is read as an h x w patch grid (clusters drawn over the grid)."""
+    g = np.random.default_rng(0)
+    path = tmp_path / "feats.npz"
+    np.savez(path, X=g.normal(size=(30, 2, 3, 4)), y=g.integers(0, 2, size=30))
+    out = tmp_path / "npz"
+    res = runner.invoke(app, ["convex", "fit", "fno", "--data", str(path), "--loss", "squared", "--clusters", "2",
+                              "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["s"] == 6 and summary["d"] == 4 and "test_acc" not in summary
+    assert (out / "clusters.png").exists()
+
+
+def test_fit_bad_input(tmp_path):
+    res = runner.invoke(app, ["convex", "fit", "mixer-gated", "-o", "num_gates=0", "--out", str(tmp_path)])
+    assert res.exit_code != 0 and "num_gates" in res.output
+    res = runner.invoke(app, ["convex", "fit", "nope", "--out", str(tmp_path)])
+    assert res.exit_code != 0 and "unknown head" in res.output
+    res = runner.invoke(app, ["convex", "fit", "linear", "--data", "no-such-data", "--out", str(tmp_path)])
+    assert res.exit_code != 0 and "unknown --data" in res.output
+
+
+@pytest.mark.slow
+def test_bench_quick(tmp_path):
+    res = runner.invoke(app, ["convex", "bench", "--quick", "--sizes", "24", "--cvxpy-solvers", "SCS",
+                              "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(open(tmp_path / "convex_solvers_quick.csv")))
+    solvers = {r["solver"] for r in rows}
+    assert {"fista (ours)", "cvxpy-scs"} <= solvers
+    for r in rows:
+        if r["status"] == "optimal":
+            assert float(r["rel_gap"]) <= 1e-4 and float(r["time_s"]) > 0
+    # same problem, same optimum (within the certified gaps)
+    att = [r for r in rows if r["problem"] == "attention" and r["status"] == "optimal"]
+    objs = [float(r["objective"]) for r in att]
+    assert max(objs) - min(objs) <= 2e-4 * max(objs)
+    assert (tmp_path / "convex_solvers_quick.png").stat().st_size > 0
+    assert "speedup" in (tmp_path / "convex_solvers_quick.md").read_text()
