@@ -108,3 +108,54 @@ def test_save_load_roundtrip(make_data, tmp_path):
     assert g.objective == f.objective and g.head.name == "gated" and g.head.get_config() == f.head.get_config()
     assert torch.allclose(g.predict(X), f.predict(X), atol=1e-12)
     assert torch.allclose(g.to_nonconvex()(X), f.predict(X), atol=1e-8)
+
+
+def _cvxpy_cone_relu(head, X, y, beta):
+    """Independent CVXPY model of the cone-constrained ReLU MLP program."""
+    import cvxpy as cp
+
+    f = head.features(X)
+    n, s, d = X.shape
+    P = head.num_gates
+    M = f["M"].numpy().reshape(n, P, d)
+    S = f["S"].reshape(-1, P).numpy()
+    Xf = X.reshape(-1, d).numpy()
+    U, V = cp.Variable((P, d)), cp.Variable((P, d))
+    out = sum(M[:, g, :] @ (U[g] - V[g]) for g in range(P))
+    cons = []
+    for g in range(P):
+        cons += [cp.multiply(S[:, g], Xf @ U[g]) >= 0, cp.multiply(S[:, g], Xf @ V[g]) >= 0]
+    obj = 0.5 * cp.sum_squares(out - y.numpy()) + beta * (cp.sum(cp.norm(U, 2, axis=1)) + cp.sum(cp.norm(V, 2, axis=1)))
+    prob = cp.Problem(cp.Minimize(obj), cons)
+    prob.solve(solver="CLARABEL")
+    return prob.value
+
+
+@pytest.mark.slow
+def test_auglag_cone_relu_matches_cvxpy(make_data):
+    from dualattn.convex import nonconvex_objective
+    from dualattn.convex.operator import ChunkedOperator
+
+    X, y = make_data(n=20, s=2, d=3, c=1, seed=13)
+    y = y[:, 0]
+    f = fit("mlp-relu-cone", X, y, 0.2, solver="auglag", tol=1e-6, max_outer=20, head_options={"num_gates": 5})
+    ref = _cvxpy_cone_relu(f.head, X, y, 0.2)
+    # Z is feasible, so objective >= optimum >= certified dual bound; the primal is accurate,
+    # the AL dual bound is looser (reported, not hidden)
+    assert f.dual_objective <= ref + 1e-7 * abs(ref)
+    assert ref - 1e-7 * abs(ref) <= f.objective <= ref * (1 + 1e-3)
+    assert f.rel_gap == pytest.approx((f.objective - f.dual_objective) / f.objective, rel=1e-6)
+    assert f.rel_gap < 0.05
+    # the returned Z is feasible, so the ReLU network attains exactly the convex objective
+    op = ChunkedOperator(f.head, X)
+    assert all(float(g.min()) >= -1e-10 for g in [f.head.constraints(f.Z, ft) for _, _, ft in op.chunks()])
+    module = f.to_nonconvex()
+    assert float(nonconvex_objective(module, X, y, 0.2).detach()) == pytest.approx(f.objective, rel=1e-9)
+
+
+def test_cone_head_bad_input(make_data):
+    X, y = make_data(n=8, s=2, d=3, c=2, seed=14)
+    with pytest.raises(ValueError, match="scalar outputs only"):
+        fit("mlp-relu-cone", X, y, 0.2, solver="auglag")
+    with pytest.raises(TypeError, match="needs a head with cone constraints"):
+        fit("linear", X, y, 0.2, solver="auglag")

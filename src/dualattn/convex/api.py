@@ -21,10 +21,10 @@ from dualattn.convex.heads import ConvexHead, get_head
 from dualattn.convex.heads.base import NonconvexHead
 from dualattn.convex.losses import Loss, check_beta, get_loss
 from dualattn.convex.operator import ChunkedOperator
-from dualattn.convex.solvers import fista, solve_cvxpy
+from dualattn.convex.solvers import augmented_lagrangian, fista, solve_cvxpy
 from dualattn.convex.solvers.result import SolveResult, certificate
 
-SOLVERS = ("fista", "cvxpy")
+SOLVERS = ("fista", "cvxpy", "auglag")
 
 
 def as_features(X, name: str = "X", dtype: torch.dtype = torch.float64) -> Tensor:
@@ -179,8 +179,9 @@ def fit(
 
     ``loss``: ``"squared"`` (float targets ``(n,)``/``(n, c)``, or integer labels
     one-hot encoded) or ``"cross_entropy"`` (integer labels in ``[0, c)``).
-    ``solver``: ``"fista"`` (stops at relative duality gap ``tol``) or ``"cvxpy"``
-    (reference; small problems).  ``dtype=torch.float32`` solves in single precision;
+    ``solver``: ``"fista"`` (stops at relative duality gap ``tol``), ``"cvxpy"``
+    (reference; small problems) or ``"auglag"`` (cone-constrained heads such as
+    ``mlp-relu-cone``; stops at gap ``tol`` and relative violation ``feas_tol``).  ``dtype=torch.float32`` solves in single precision;
     with ``certify_float64`` the reported objective/gap are then recomputed in
     float64 at the returned point.  Extra ``solver_options`` go to the solver.
     """
@@ -191,6 +192,9 @@ def fit(
     if solver == "fista":
         res = fista(op, lossf, Y, beta, Z0=Z0, tol=tol, max_iter=max_iter, max_time=max_time,
                     verbose=verbose, **solver_options)
+    elif solver == "auglag":
+        res = augmented_lagrangian(op, lossf, Y, beta, Z0=Z0, tol=tol, max_time=max_time, verbose=verbose,
+                                   **solver_options)
     else:
         res = solve_cvxpy(op, lossf, Y, beta, solver=cvxpy_solver, verbose=verbose, **solver_options)
     if dtype != torch.float64 and certify_float64:

@@ -137,3 +137,96 @@ class ReLUMLPHead(GatedMLPHead):
     def fit_report(self, fit) -> dict:
         return super().fit_report(fit) | relu_report(self, self.gated_weights(fit.Z), "h",
                                                      mlp_constraints, fit)
+
+
+@register_head("mlp-relu-cone")
+class ConeReLUMLPHead(GatedMLPHead):
+    """Scalar-output ReLU MLP as the cone-constrained convex program (Pilanci & Ergen 2020; scnn's ConvexReLU):
+
+        min_{u, v} L( sum_g m_g(X_i)^T (u_g - v_g), y ) + beta sum_g (||u_g|| + ||v_g||)
+        s.t.  (2 D_g - 1) ∘ (X u_g) >= 0,  (2 D_g - 1) ∘ (X v_g) >= 0   for every token,
+
+    exact for ReLU MLPs whose activation patterns are among the ``P`` sampled gates.
+    ``Z`` stacks ``(u_1..u_P, v_1..v_P)`` as ``(2P, d, 1)``; solve with ``solver="auglag"``
+    (augmented Lagrangian).  Each nonzero ``u_g`` (``v_g``) is one ReLU neuron
+    ``w1 = u_g / sqrt||u_g||``, ``w2 = +sqrt||u_g||`` (``-sqrt||v_g||``).
+    """
+
+    def _setup(self, generator: torch.Generator) -> None:
+        if self.c != 1:
+            raise ValueError(f"mlp-relu-cone supports scalar outputs only (c = 1), got c = {self.c}")
+        super()._setup(generator)
+
+    def variable_shape(self) -> tuple[int, int, int]:
+        self._require_setup()
+        return (2 * self.num_gates, self.d, 1)
+
+    def features(self, X: Tensor) -> dict[str, Tensor]:
+        X = X.to(device=self.device, dtype=self.dtype)
+        S = torch.where(X @ self.h.T >= 0, 1.0, -1.0).to(X.dtype)  # (n, s, P) gate signs
+        M = torch.einsum("nsg,nsd->ngd", (S > 0).to(X.dtype), X) / X.shape[1]
+        return {"M": M.reshape(X.shape[0], -1), "X": X, "S": S}
+
+    def apply(self, Z: Tensor, feats: dict[str, Tensor]) -> Tensor:
+        P = self.num_gates
+        return feats["M"] @ (Z[:P] - Z[P:]).reshape(-1, 1)
+
+    def adjoint(self, V: Tensor, feats: dict[str, Tensor]) -> Tensor:
+        g = (feats["M"].transpose(0, 1) @ V).reshape(self.num_gates, self.d, 1)
+        return torch.cat([g, -g])
+
+    def constraints(self, Z: Tensor, feats: dict[str, Tensor]) -> Tensor:
+        """``G(Z) (n, s, 2P)``: signed pre-activations; feasible iff ``G(Z) >= 0``."""
+        S = feats["S"]
+        pre = feats["X"] @ Z[..., 0].T  # (n, s, 2P)
+        return pre * torch.cat([S, S], dim=-1)
+
+    def constraints_adjoint(self, Lam: Tensor, feats: dict[str, Tensor]) -> Tensor:
+        """``G^*(Lam)``: ``sum_{i,t} x_it (sign ∘ Lam)_{it,g}`` for every block ``g``."""
+        S = feats["S"]
+        W = Lam * torch.cat([S, S], dim=-1)
+        return torch.einsum("nsd,nsg->gd", feats["X"], W)[..., None]
+
+    def repair(self, Z: Tensor, op) -> Tensor:
+        """Feasible point with the same outputs: ``u_g + tau_g h_g``, ``v_g + tau_g h_g`` with the
+        smallest ``tau_g >= 0`` (``h_g`` is strictly inside its cone; ``u_g - v_g`` is unchanged)."""
+        P = self.num_gates
+        tau = torch.zeros(2 * P, dtype=Z.dtype, device=Z.device)
+        for _, _, f in op.chunks():
+            GZ = self.constraints(Z, f)
+            Gh = (f["X"] @ self.h.T).abs()
+            Gh = torch.cat([Gh, Gh], dim=-1)
+            ok = Gh > 0
+            need = torch.where(ok, torch.clamp(-GZ, min=0) / torch.where(ok, Gh, torch.ones_like(Gh)), 0.0)
+            tau = torch.maximum(tau, need.flatten(0, 1).max(dim=0).values)
+        t = torch.maximum(tau[:P], tau[P:]) * (1.0 + 1e-9)
+        shift = (t[:, None] * self.h)[..., None]
+        return torch.cat([Z[:P] + shift, Z[P:] + shift])
+
+    def recover(self, Z: Tensor, *, rtol: float = 1e-8, X: Tensor | None = None) -> Weights:
+        P = self.num_gates
+        norms = Z[..., 0].norm(dim=1)
+        keep = norms > rtol * norms.max().clamp_min(torch.finfo(Z.dtype).tiny)
+        idx = torch.nonzero(keep).flatten()
+        root = norms[idx].sqrt()
+        W1 = Z[idx, :, 0] / root[:, None]
+        sign = torch.where(idx < P, 1.0, -1.0).to(Z.dtype)
+        return {"W1": W1, "W2": (sign * root)[:, None]}
+
+    def nonconvex_forward(self, weights: Weights, X: Tensor) -> Tensor:
+        W1, W2 = weights["W1"], weights["W2"]
+        X = X.to(W1.dtype)
+        return torch.relu(X @ W1.T).mean(dim=1) @ W2
+
+    def init_nonconvex(self, m: int, *, generator: torch.Generator | None = None, scale: float = 0.1) -> Weights:
+        w = super().init_nonconvex(m, generator=generator, scale=scale)
+        return {"W1": w["W1"], "W2": w["W2"]}
+
+    def fit_report(self, fit) -> dict:
+        out = super().fit_report(fit)
+        if fit.X_train is None:
+            return out
+        module = self.nonconvex_module(fit.nonconvex_weights())
+        with torch.no_grad():
+            obj = float(fit.loss.value(module(fit.X_train), fit.Y_train) + fit.beta * module.penalty())
+        return out | {"relu_objective": obj, "relu_excess": obj - fit.objective}
