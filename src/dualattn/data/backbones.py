@@ -262,8 +262,16 @@ def _vision_backbone(name: str, model, image_size: int, info: dict) -> Backbone:
 
 def load_backbone(name: str, *, image_size: int = 112, max_length: int = 64,
                   auto_prepare: bool = True) -> Backbone:
-    """Load a frozen backbone by name (see the module docstring); offline only."""
-    torch.manual_seed(0)
+    """Load a frozen backbone by name (see the module docstring); offline only.
+
+    Randomly initialised backbones are seeded with 0 without touching the global RNG.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return _load_backbone(name, image_size, max_length, auto_prepare)
+
+
+def _load_backbone(name: str, image_size: int, max_length: int, auto_prepare: bool) -> Backbone:
     if name == "dinov2-s":
         path = cache_dir() / "dinov2-s.pt"
         if not path.is_file():
