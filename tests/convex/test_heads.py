@@ -136,3 +136,23 @@ def test_min_norm_split_is_cheaper_and_fallback_is_exact():
         pens[(method, max_rows)] = float(relu.nonconvex_penalty(wr))
     assert pens[("min-norm", 10**6)] <= pens[("closed-form", 10**6)] + 1e-9
     assert pens[("min-norm", 1)] == pytest.approx(pens[("closed-form", 10**6)])  # fallback = closed form
+
+
+def test_cone_head_operators_and_repair():
+    from dualattn.convex.operator import ChunkedOperator
+
+    head = get_head("mlp-relu-cone", num_gates=3).setup(3, 1)
+    g = torch.Generator().manual_seed(5)
+    X = torch.randn(7, 2, 3, generator=g, dtype=torch.float64)
+    Z = torch.randn(head.variable_shape(), generator=g, dtype=torch.float64)
+    f = head.features(X)
+    V = torch.randn(7, 1, generator=g, dtype=torch.float64)
+    assert torch.isclose((head.apply(Z, f) * V).sum(), (head.adjoint(V, f) * Z).sum(), rtol=1e-10)
+    Lam = torch.randn(7, 2, 6, generator=g, dtype=torch.float64)
+    assert torch.isclose((head.constraints(Z, f) * Lam).sum(), (head.constraints_adjoint(Lam, f) * Z).sum(), rtol=1e-10)
+    Zr = head.repair(Z, ChunkedOperator(head, X))
+    assert float(head.constraints(Zr, f).min()) >= -1e-12  # feasible
+    assert torch.allclose(head.apply(Zr, f), head.apply(Z, f), atol=1e-10)  # same outputs
+    w = head.recover(Zr)
+    assert torch.allclose(head.nonconvex_forward(w, X), head.apply(Zr, f), atol=1e-10)
+    assert torch.isclose(head.nonconvex_penalty(w), head.penalty(Zr), rtol=1e-10)
