@@ -156,3 +156,13 @@ def test_cone_head_operators_and_repair():
     w = head.recover(Zr)
     assert torch.allclose(head.nonconvex_forward(w, X), head.apply(Zr, f), atol=1e-10)
     assert torch.isclose(head.nonconvex_penalty(w), head.penalty(Zr), rtol=1e-10)
+
+
+def test_attention_preacts_match_explicit_rows():
+    from dualattn.convex.cone import rows_preacts
+    from dualattn.convex.heads.gated import attention_constraints, attention_preacts
+
+    g = torch.Generator().manual_seed(6)
+    X = torch.randn(4, 3, 2, generator=g, dtype=torch.float64)
+    W = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    assert torch.allclose(attention_preacts(X, W), rows_preacts(attention_constraints)(X, W), atol=1e-12)

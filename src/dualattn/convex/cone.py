@@ -13,9 +13,11 @@ So ``w = p - q`` realises the gated unit with two ReLU units ``(p, v), (q, -v)``
   (one SOCP for all units, solved with Clarabel; the ReLU pair's weight decay after balancing is
   ``||v|| (||p|| + ||q||)``), falling back to the closed form if it fails or is too large.
 
-The constraint rows are produced from the data by ``rows_fn(X_chunk) -> (r, k)``
-(attention: ``vec(x_t x_u^T)``; MLP: ``x_t``), chunk by chunk, so large data
-never materialises all ``n s^2`` rows except for the (small) SOCP.
+Pre-activations on the data are produced chunk by chunk by
+``pre_fn(X_chunk, W (m, k)) -> (r, m)`` (attention: the scores ``x_t^T W x_u`` by
+einsum; MLP: ``x_t^T w``), so large data never materialises the ``n s^2`` rows;
+the explicit rows ``rows_fn(X) -> (r, k)`` (attention: ``vec(x_t x_u^T)``; MLP:
+``x_t``) are only formed for the (small) SOCP.
 """
 
 from __future__ import annotations
@@ -28,11 +30,23 @@ from torch import Tensor
 
 
 Rows = Callable[[Tensor], Tensor]
+PreActs = Callable[[Tensor, Tensor], Tensor]
 
 
-def _chunks(X: Tensor, rows_fn: Rows, chunk: int) -> Iterator[Tensor]:
+def _chunked_margins(X: Tensor, pre_fn: PreActs, W: Tensor, H: Tensor) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield signed margins ``sgn(pre(H)) * pre(W)`` and ``|pre(H)|`` (``(rows, m)``) chunk by chunk,
+    with chunks of about 1e7 entries."""
+    per_sample = max(1, pre_fn(X[:1], W[:1]).shape[0]) * max(1, W.shape[0])
+    chunk = max(1, int(1e7 // per_sample))
     for a in range(0, X.shape[0], chunk):
-        yield rows_fn(X[a : a + chunk])
+        Xc = X[a : a + chunk]
+        cw, ch = pre_fn(Xc, W), pre_fn(Xc, H)
+        yield torch.where(ch >= 0, cw, -cw), ch.abs()
+
+
+def rows_preacts(rows_fn: Rows) -> PreActs:
+    """``pre_fn`` from explicit rows: ``rows_fn(Xc) @ W^T``."""
+    return lambda Xc, W: rows_fn(Xc) @ W.T
 
 
 def _margins(C0: Tensor, W: Tensor, H: Tensor) -> tuple[Tensor, Tensor]:
@@ -41,14 +55,13 @@ def _margins(C0: Tensor, W: Tensor, H: Tensor) -> tuple[Tensor, Tensor]:
     return torch.where(ch >= 0, cw, -cw), ch.abs()
 
 
-def closed_form_tau(X: Tensor, rows_fn: Rows, W: Tensor, H: Tensor, *, chunk: int = 256) -> Tensor:
+def closed_form_tau(X: Tensor, pre_fn: PreActs, W: Tensor, H: Tensor) -> Tensor:
     """Smallest ``tau_j >= 0`` with ``w_j + tau_j h_j`` in the cone of gate ``h_j`` (``W, H (m, k)``).
 
-    Rows with ``|C0 h| = 0`` and a negative margin cannot be fixed by ``h`` (measure zero) and are skipped.
+    Rows with ``|pre(h)| = 0`` and a negative margin cannot be fixed by ``h`` (measure zero) and are skipped.
     """
     tau = torch.zeros(W.shape[0], dtype=W.dtype, device=W.device)
-    for C0 in _chunks(X, rows_fn, chunk):
-        mw, mh = _margins(C0, W, H)
+    for mw, mh in _chunked_margins(X, pre_fn, W, H):
         ok = mh > 0
         need = torch.where(ok, torch.clamp(-mw, min=0) / torch.where(ok, mh, torch.ones_like(mh)), 0.0)
         if need.numel():
@@ -108,6 +121,7 @@ def relu_split(
     *,
     method: str = "min-norm",
     max_socp_rows: int = 200_000,
+    pre_fn: PreActs | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Split every gated unit ``(W_j, V_j)`` with gate ``H_j`` into balanced ReLU units.
 
@@ -120,13 +134,14 @@ def relu_split(
         return W, V
     shape = W.shape[1:]
     Wf, Hf = W.reshape(W.shape[0], -1), H.reshape(H.shape[0], -1)
+    pre_fn = pre_fn or rows_preacts(rows_fn)
     split = None
     if method == "min-norm":
         n_rows = rows_fn(X[:1]).shape[0] * X.shape[0]
         if n_rows * W.shape[0] <= max_socp_rows:
             split = split_min_norm(rows_fn(X), Wf, Hf)
     if split is None:
-        tau = closed_form_tau(X, rows_fn, Wf, Hf)
+        tau = closed_form_tau(X, pre_fn, Wf, Hf)
         split = (Wf + tau[:, None] * Hf, tau[:, None] * Hf)
     Pt, Qt = split[0].reshape(-1, *shape), split[1].reshape(-1, *shape)
     Pt, Vp = balance(Pt, V)
@@ -135,12 +150,11 @@ def relu_split(
     return torch.cat([Pt, Qt[keep]]), torch.cat([Vp, Vq[keep]])
 
 
-def violation(X: Tensor, rows_fn: Rows, W: Tensor, H: Tensor, *, chunk: int = 256) -> float:
+def violation(X: Tensor, pre_fn: PreActs, W: Tensor, H: Tensor) -> float:
     """Relative cone violation ``sum_r max(-m_r, 0) / sum_r |m_r|`` of the margins of all units."""
     Wf, Hf = W.reshape(W.shape[0], -1), H.reshape(H.shape[0], -1)
     bad, tot = 0.0, 0.0
-    for C0 in _chunks(X, rows_fn, chunk):
-        mw, _ = _margins(C0, Wf, Hf)
+    for mw, _ in _chunked_margins(X, pre_fn, Wf, Hf):
         bad += float(torch.clamp(-mw, min=0).sum())
         tot += float(mw.abs().sum())
     return bad / max(tot, 1e-300)

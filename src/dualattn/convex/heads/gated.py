@@ -142,6 +142,13 @@ def attention_constraints(X: Tensor) -> Tensor:
     return (X[:, :, None, :, None] * X[:, None, :, None, :]).reshape(n * s * s, d * d)
 
 
+def attention_preacts(X: Tensor, W: Tensor) -> Tensor:
+    """Scores ``x_t^T W_j x_u`` for flattened ``W (m, d*d)``: ``(n*s*s, m)``, without forming the rows."""
+    d = X.shape[-1]
+    S = torch.einsum("nta,jab,nub->ntuj", X, W.reshape(-1, d, d), X)
+    return S.reshape(-1, W.shape[0])
+
+
 @register_head("relu")
 class ReLUAttentionHead(GatedAttentionHead):
     """ReLU self-attention, solved approximately through the gated program + cone decomposition.
@@ -165,7 +172,8 @@ class ReLUAttentionHead(GatedAttentionHead):
             raise ValueError("relu head: recover(Z, X=...) needs the training inputs X for the cone decomposition")
         g = super().recover(Z, rtol=rtol)
         X = X.to(g["W1"])
-        W1, W2 = relu_split(X, attention_constraints, g["W1"], g["H"], g["W2"], method=self.decomposition)
+        W1, W2 = relu_split(X, attention_constraints, g["W1"], g["H"], g["W2"], method=self.decomposition,
+                            pre_fn=attention_preacts)
         return {"W1": W1, "W2": W2}
 
     def nonconvex_forward(self, weights: Weights, X: Tensor) -> Tensor:
@@ -189,18 +197,19 @@ class ReLUAttentionHead(GatedAttentionHead):
     def fit_report(self, fit) -> dict:
         """Cone violation of the gated factors and the objective of the decomposed ReLU network."""
         return super().fit_report(fit) | relu_report(self, self.gated_weights(fit.Z), "H",
-                                                     attention_constraints, fit)
+                                                     attention_preacts, fit)
 
 
-def relu_report(head: ConvexHead, gated: Weights, gate_key: str, constraints, fit) -> dict:
+def relu_report(head: ConvexHead, gated: Weights, gate_key: str, preacts, fit) -> dict:
     """``cone_violation`` (relative, of the gated factors), ``relu_objective`` (nonconvex objective
     of the decomposed ReLU network) and ``relu_excess = relu_objective - gated optimum``."""
     X = fit.X_train
     if X is None or gated["W1"].shape[0] == 0:
         return {"cone_violation": 0.0, "relu_objective": fit.objective, "relu_excess": 0.0}
-    viol = violation(X.to(gated["W1"]), constraints, gated["W1"], gated[gate_key])
+    viol = violation(X.to(gated["W1"]), preacts, gated["W1"], gated[gate_key])
     module = head.nonconvex_module(fit.nonconvex_weights())
     with torch.no_grad():
-        obj = float(fit.loss.value(module(X), fit.Y_train) + fit.beta * module.penalty())
+        out = torch.cat([module(X[a : a + 256]) for a in range(0, X.shape[0], 256)])
+        obj = float(fit.loss.value(out, fit.Y_train) + fit.beta * module.penalty())
     return {"cone_violation": viol, "relu_objective": obj, "relu_excess": obj - fit.objective,
             "relu_heads": module.num_heads}

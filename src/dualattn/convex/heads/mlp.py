@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from dualattn.convex.heads import register_head
-from dualattn.convex.cone import relu_split
+from dualattn.convex.cone import relu_split, rows_preacts
 from dualattn.convex.heads.gated import relu_report
 from dualattn.convex.heads.base import ConvexHead, Weights
 
@@ -136,7 +136,7 @@ class ReLUMLPHead(GatedMLPHead):
 
     def fit_report(self, fit) -> dict:
         return super().fit_report(fit) | relu_report(self, self.gated_weights(fit.Z), "h",
-                                                     mlp_constraints, fit)
+                                                     rows_preacts(mlp_constraints), fit)
 
 
 @register_head("mlp-relu-cone")
