@@ -159,3 +159,5 @@ def test_cone_head_bad_input(make_data):
         fit("mlp-relu-cone", X, y, 0.2, solver="auglag")
     with pytest.raises(TypeError, match="needs a head with cone constraints"):
         fit("linear", X, y, 0.2, solver="auglag")
+    with pytest.raises(ValueError, match="use solver='auglag'"):
+        fit("mlp-relu-cone", X, y[:, 0], 0.2)

@@ -9,7 +9,6 @@ convex model with its certificate, predictions and the equivalent nonconvex
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,7 +108,7 @@ class ConvexFit:
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device = "cpu") -> ConvexFit:
-        """Inverse of :meth:`save` (gates are re-sampled from the saved seed, so predictions match)."""
+        """Inverse of :meth:`save` (with the saved gates, so predictions match)."""
         st = torch.load(Path(path), weights_only=False)
         head = get_head(st["head"], **st["head_config"])
         Z = st["Z"]
@@ -180,14 +179,17 @@ def fit(
     ``loss``: ``"squared"`` (float targets ``(n,)``/``(n, c)``, or integer labels
     one-hot encoded) or ``"cross_entropy"`` (integer labels in ``[0, c)``).
     ``solver``: ``"fista"`` (stops at relative duality gap ``tol``), ``"cvxpy"``
-    (reference; small problems) or ``"auglag"`` (cone-constrained heads such as
-    ``mlp-relu-cone``; stops at gap ``tol`` and relative violation ``feas_tol``).  ``dtype=torch.float32`` solves in single precision;
-    with ``certify_float64`` the reported objective/gap are then recomputed in
-    float64 at the returned point.  Extra ``solver_options`` go to the solver.
+    (reference; small problems) or ``"auglag"`` (required by cone-constrained
+    heads such as ``mlp-relu-cone``).  ``dtype=torch.float32`` solves in single
+    precision; with ``certify_float64`` the reported objective/gap are then
+    recomputed in float64 at the returned point.  Extra ``solver_options`` go to
+    the solver (e.g. ``shrink``, ``restart`` for FISTA; ``rho``, ``inner_iters`` for auglag).
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
     head, lossf, beta, X, Y = _prepare(head, X, y, beta, loss, num_classes, dtype, device, head_options)
+    if hasattr(head, "constraints") and solver != "auglag":
+        raise ValueError(f"head {head.name!r} has cone constraints: use solver='auglag', got {solver!r}")
     op = ChunkedOperator(head, X, chunk_size=chunk_size)
     if solver == "fista":
         res = fista(op, lossf, Y, beta, Z0=Z0, tol=tol, max_iter=max_iter, max_time=max_time,
