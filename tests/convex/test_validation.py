@@ -101,3 +101,12 @@ def test_bad_options(data):
         train_nonconvex("linear", X, y, 0.1, steps=0)
     with pytest.raises(RuntimeError, match="call setup"):
         get_head("linear").variable_shape()
+
+
+def test_failed_setup_leaves_head_unchanged():
+    head = get_head("mlp-relu-cone", num_gates=2)
+    with pytest.raises(ValueError, match="scalar outputs only"):
+        head.setup(3, 2)
+    assert head.d is None
+    head.setup(3, 1)
+    assert head.variable_shape() == (4, 3, 1)

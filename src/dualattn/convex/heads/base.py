@@ -84,10 +84,13 @@ class ConvexHead(abc.ABC):
         self.dtype = dtype
         self.device = torch.device(device)
         if not keep:
-            self.d, self.c = d, c
-            self.s = s
-            gen = torch.Generator().manual_seed(self.seed)
-            self._setup(gen)
+            old = (self.d, self.c, self.s)
+            self.d, self.c, self.s = d, c, s
+            try:
+                self._setup(torch.Generator().manual_seed(self.seed))
+            except Exception:
+                self.d, self.c, self.s = old  # leave the head as it was
+                raise
         self._move()
         return self
 
