@@ -55,6 +55,8 @@ def test_report_markdown_and_plots(runs):
     assert "| A | bn | 1/2 | 70.0 ± 0.0 |" in text
     assert "non-finite loss at epoch 0 step 3" in text  # failed run is reported, not hidden
     assert "1 - cos" in text  # redundancy definition is printed
+    csv_rows = (runs / "runs.csv").read_text().splitlines()
+    assert len(csv_rows) == 1 + 5 and csv_rows[0].startswith("dataset,variant,seed,status,test_acc")
     for png in ("learning_curves.png", "accuracy_vs_variant.png", "redundancy_per_layer.png", "attention_A.png"):
         assert (runs / png).stat().st_size > 1000, png
         assert f"]({png})" in text

@@ -96,3 +96,28 @@ def group_runs(records: list[RunRecord]) -> dict[str, list[Group]]:
     for (ds, _), g in sorted(groups.items(), key=lambda kv: (kv[0][0], variant_key(kv[0][1]))):
         out.setdefault(ds, []).append(g)
     return out
+
+
+RUN_COLUMNS = ("dataset", "variant", "seed", "status", "test_acc", "val_acc", "epochs", "best_epoch",
+               "time_per_epoch_s", "peak_mem_mb", "act_mem_mb", "params", "flops", "head_redundancy", "error")
+
+
+def write_runs_csv(records: list[RunRecord], path: str | Path) -> Path:
+    """One row per run (redundancy per layer joined with ';'), for spreadsheets and diffs."""
+    import csv
+
+    path = Path(path)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(RUN_COLUMNS)
+        for r in records:
+            row = []
+            for k in RUN_COLUMNS:
+                v = r.summary.get(k, "")
+                if isinstance(v, list):
+                    v = ";".join(f"{x:.4f}" if isinstance(x, float) else str(x) for x in v)
+                elif isinstance(v, float):
+                    v = f"{v:.6g}"
+                row.append(v)
+            w.writerow(row)
+    return path

@@ -6,7 +6,7 @@ import math
 import re
 from pathlib import Path
 
-from dualattn.report.aggregate import find_runs, group_runs
+from dualattn.report.aggregate import find_runs, group_runs, write_runs_csv
 from dualattn.report import plots
 
 REDUNDANCY_DEFINITION = (
@@ -121,6 +121,8 @@ def generate_report(run_root: str | Path, *, title: str | None = None, extra: li
             p = plots.attention_maps(ds, gs, root / f"attention_{_slug(ds)}.png")
             if p is not None:
                 lines += [f"![Attention maps, {ds}]({p.name})", ""]
+    write_runs_csv(records, root / "runs.csv")
+    lines += ["Per-run values: [runs.csv](runs.csv).", ""]
     out = root / "report.md"
     out.write_text("\n".join(lines))
     return out

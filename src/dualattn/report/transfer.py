@@ -33,11 +33,17 @@ def _ms(values: list[float]) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
 
 
-def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (task, head): mean and sample std over seeds of accuracy, objective, gap, time."""
+def summarize(records: list[dict[str, Any]], head_order: list[str] | None = None) -> list[dict[str, Any]]:
+    """One row per (task, head): mean and sample std over seeds of accuracy, objective, gap, time.
+
+    Rows follow the tasks' first appearance, then ``head_order`` (e.g. the config's), then appearance.
+    """
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in records:
         groups[(r["task"], r["head"])].append(r)
+    tasks = list(dict.fromkeys(r["task"] for r in records))
+    heads = list(dict.fromkeys([*(head_order or []), *(r["head"] for r in records)]))
+    groups = dict(sorted(groups.items(), key=lambda kv: (tasks.index(kv[0][0]), heads.index(kv[0][1]))))
     rows = []
     for (task, head), rs in groups.items():
         row = {"task": task, "head": head, "kind": rs[0].get("kind", ""), "backbone": rs[0].get("backbone", ""),
@@ -74,7 +80,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 
 def claim_check(rows: list[dict[str, Any]]) -> list[str]:
-    """Per task: does the best convex attention-type head beat the linear probe and the MLP head?
+    """Per task: does the best convex head beat each linear-probe / MLP baseline on the same features?
 
     "Beats" = higher mean test accuracy; the margin is compared with the larger seed std.
     """
@@ -82,7 +88,9 @@ def claim_check(rows: list[dict[str, Any]]) -> list[str]:
     for task in dict.fromkeys(r["task"] for r in rows):
         rs = {r["head"]: r for r in rows if r["task"] == task}
         convex = [r for r in rs.values() if r["kind"] == "convex"]
-        base = [rs[h] for h in BASELINE_HEADS if h in rs]
+        # linear and MLP baselines on the same (reduced) features as the convex heads
+        base = [r for r in rs.values() if r["kind"] == "baseline" and convex and r["d"] == convex[0]["d"]
+                and any(r["head"].startswith(b) for b in BASELINE_HEADS)]
         if not convex or not base:
             continue
         best = max(convex, key=lambda r: r["test_acc_mean"])
@@ -178,7 +186,12 @@ def write_report(out_dir: str | Path) -> Path:
     """Write ``report.md``, ``summary.csv`` and plots for a transfer run directory."""
     out = Path(out_dir)
     records = load_results(out)
-    rows = summarize(records)
+    order = None
+    if (out / "config.yaml").is_file():
+        import yaml
+
+        order = [h["name"] for h in (yaml.safe_load((out / "config.yaml").read_text()) or {}).get("heads", [])]
+    rows = summarize(records, order)
     tasks = json.loads((out / "tasks.json").read_text()) if (out / "tasks.json").is_file() else {}
     with (out / "summary.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))

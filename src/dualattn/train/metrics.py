@@ -15,7 +15,6 @@ maps whose rows are probability distributions.
 
 from __future__ import annotations
 
-import os
 import resource
 from typing import Literal
 
@@ -204,7 +203,3 @@ def saved_activation_mb(model: torch.nn.Module, *inputs, **kwargs) -> float:
     finally:
         model.train(was_training)
     return total / 2**20
-
-
-def cpu_count() -> int:
-    return os.cpu_count() or 1

@@ -19,7 +19,7 @@ restarted. A failing run is recorded and the protocol continues.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
