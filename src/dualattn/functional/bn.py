@@ -60,6 +60,9 @@ def key_statistics(
         vb = valid.expand(B, H, Nk)[..., None]
         w = vb.to(k.dtype)
         kz = k.masked_fill(~vb, 0.0)
+    if upto is None and valid is None:
+        var, mu = torch.var_mean(k, dim=-2, correction=0, keepdim=True)
+        return mu, var + eps
     if upto is None:
         n = w.sum(dim=-2, keepdim=True)
         n_safe = n.clamp_min(1.0)
@@ -90,6 +93,12 @@ def key_statistics(
 def causal_upto(Nq: int, Nk: int, device) -> Tensor:
     """Index of the last key query ``i`` may see under ``is_causal`` (top-left aligned)."""
     return torch.arange(Nq, device=device).clamp(max=Nk - 1)
+
+
+def bn_query_transform(q: Tensor, mu: Tensor, s2: Tensor, beta: float) -> Tensor:
+    """Fast-path query ``q' = (q - beta*mu)/s^2``, as one fused ``addcmul`` (``q * (1/s^2) - beta*mu/s^2``)."""
+    inv = s2.reciprocal()
+    return torch.addcmul(-beta * mu * inv, q, inv)
 
 
 def bn_logits_reference(q: Tensor, k: Tensor, mu: Tensor, s2: Tensor, beta: float, scale: float) -> Tensor:
@@ -124,7 +133,7 @@ def bn_attention(
     mu, s2 = key_statistics(k, valid, upto=upto, eps=eps)
     mask = combine_masks(attn_mask, key_padding_mask, is_causal, Nq, Nk, q.device, q.dtype)
     if path == "fast":
-        qt = (q - beta * mu) / s2
+        qt = bn_query_transform(q, mu, s2, beta)
         if attn_mask is None and key_padding_mask is None:
             return F.scaled_dot_product_attention(qt, k, v, dropout_p=dropout_p, is_causal=is_causal, scale=scale)
         return F.scaled_dot_product_attention(qt, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)

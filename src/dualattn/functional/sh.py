@@ -38,7 +38,7 @@ from ._common import (
     safe_softmax,
     zero_padded,
 )
-from .bn import bn_logits_reference, key_statistics
+from .bn import bn_logits_reference, bn_query_transform, key_statistics
 
 POOLS = ("avg", "stride", "conv")
 
@@ -78,13 +78,17 @@ class Pooled:
     """Downsampled keys/values of one head group plus what masking needs.
 
     ``k, v``: ``(B, Hg, Nb, D)``; ``valid``: ``(B, Nb)`` bool or None (all valid);
-    ``last``: ``(Nb,)`` largest original key index read by each block; ``r``, ``pool``, ``Nk``.
+    ``last``: ``(Nb,)`` largest original key index read by each block; ``member_w()``:
+    ``(B or 1, Hg or 1, Nk)`` weight of key ``j`` inside its block (computed only for need_weights).
     """
 
     def __init__(self, k, v, valid, last, r, pool, Nk, member_w=None):
         self.k, self.v, self.valid, self.last = k, v, valid, last
         self.r, self.pool, self.Nk = r, pool, Nk
-        self.member_w = member_w  # (B or 1, Hg or 1, Nk) weight of key j inside its block (for need_weights)
+        self._member_w = member_w
+
+    def member_w(self):
+        return self._member_w() if callable(self._member_w) else self._member_w
 
 
 def pool_kv(
@@ -106,37 +110,45 @@ def pool_kv(
         return Pooled(k, v, key_padding_mask, torch.arange(Nk, device=dev), 1, pool, Nk, mw)
     if pool == "stride":
         valid = None if key_padding_mask is None else key_padding_mask[:, ::r]
-        mw = torch.zeros(1, 1, Nk, dtype=k.dtype, device=dev)
-        mw[..., ::r] = 1.0
-        if key_padding_mask is not None:
-            mw = mw * key_padding_mask[:, None, :].to(k.dtype)
-        return Pooled(k[:, :, ::r], v[:, :, ::r], valid, ar * r, r, pool, Nk, mw)
+
+        def mw_stride():
+            mw = torch.zeros(1, 1, Nk, dtype=k.dtype, device=dev)
+            mw[..., ::r] = 1.0
+            return mw if key_padding_mask is None else mw * key_padding_mask[:, None, :].to(k.dtype)
+
+        return Pooled(k[:, :, ::r], v[:, :, ::r], valid, ar * r, r, pool, Nk, mw_stride)
     last = ((ar + 1) * r).clamp(max=Nk) - 1
     pad = Nb * r - Nk
     if key_padding_mask is None:
         m = torch.ones(1, Nk, dtype=torch.bool, device=dev)
     else:
         m = key_padding_mask
-    mp = F.pad(m, (0, pad), value=False)  # (B or 1, Nb*r)
+    mp = F.pad(m, (0, pad), value=False) if pad else m  # (B or 1, Nb*r)
     cnt = mp.view(-1, Nb, r).sum(-1)  # (B or 1, Nb)
     valid = None if key_padding_mask is None else cnt > 0
-    kb = F.pad(k, (0, 0, 0, pad)).view(B, Hg, Nb, r, -1)
-    vb = F.pad(v, (0, 0, 0, pad)).view(B, Hg, Nb, r, v.shape[-1])
+    kb = (F.pad(k, (0, 0, 0, pad)) if pad else k).view(B, Hg, Nb, r, k.shape[-1])
+    vb = (F.pad(v, (0, 0, 0, pad)) if pad else v).view(B, Hg, Nb, r, v.shape[-1])
     if pool == "avg":
         if key_padding_mask is None and pad == 0:
             kp, vp = kb.mean(3), vb.mean(3)
         else:
             denom = cnt.clamp_min(1).to(k.dtype)[:, None, :, None]
             kp, vp = kb.sum(3) / denom, vb.sum(3) / denom
-        inv = (1.0 / cnt.clamp_min(1).to(k.dtype)).repeat_interleave(r, dim=-1)[:, :Nk]
-        mw = (inv * m.to(k.dtype))[:, None, :]
-        return Pooled(kp, vp, valid, last, r, pool, Nk, mw)
+
+        def mw_avg():
+            inv = (1.0 / cnt.clamp_min(1).to(k.dtype)).repeat_interleave(r, dim=-1)[:, :Nk]
+            return (inv * m.to(k.dtype))[:, None, :]
+
+        return Pooled(kp, vp, valid, last, r, pool, Nk, mw_avg)
     if pool == "conv":
         kp = torch.einsum("bhnrd,hdr->bhnd", kb, wk)
         vp = torch.einsum("bhnrd,hdr->bhnd", vb, wv)
-        tap = wv.mean(1).repeat(1, Nb)[:, :Nk]  # (Hg, Nk): channel-mean of the value conv tap hitting key j
-        mw = tap[None] * m.to(k.dtype)[:, None, :]
-        return Pooled(kp, vp, valid, last, r, pool, Nk, mw)
+
+        def mw_conv():
+            tap = wv.mean(1).repeat(1, Nb)[:, :Nk]  # (Hg, Nk): channel-mean of the value-conv tap on key j
+            return tap[None] * m.to(k.dtype)[:, None, :]
+
+        return Pooled(kp, vp, valid, last, r, pool, Nk, mw_conv)
     raise ValueError(f"`pool` must be one of {POOLS}, got {pool!r}")
 
 
@@ -165,10 +177,11 @@ def expand_weights(w: Tensor, p: Pooled) -> Tensor:
     avg: ``w_b / |valid members of b|`` on each valid member (exact); stride: ``w_b`` on key ``b*r``
     (exact); conv: ``w_b`` times the channel-mean of the value-conv tap on key ``j``.
     """
+    mw = p.member_w()
     if p.r == 1:
-        return w if p.member_w is None else w * p.member_w[:, :, None, :]
+        return w if mw is None else w * mw[:, :, None, :]
     wr = w.repeat_interleave(p.r, dim=-1)[..., : p.Nk]
-    return wr * p.member_w[:, :, None, :]
+    return wr * mw[:, :, None, :]
 
 
 def _select(x: Tensor, heads: List[int]) -> Tensor:
@@ -223,8 +236,14 @@ def _sh_core(
     sc = default_scale(scale, D)
     k, v = zero_padded(k, key_padding_mask), zero_padded(v, key_padding_mask)
     outs, weights = [], []
-    for r, heads in group_heads(fs).items():
-        qg, kg, vg = _select(q, heads), _select(k, heads), _select(v, heads)
+    groups = group_heads(fs)
+    order = [h for heads in groups.values() for h in heads]
+    if order == list(range(H)):  # contiguous groups: one split (its backward is a single cat)
+        sizes = [len(hs) for hs in groups.values()]
+        parts = list(zip(q.split(sizes, 1), k.split(sizes, 1), v.split(sizes, 1)))
+    else:
+        parts = [(_select(q, hs), _select(k, hs), _select(v, hs)) for hs in groups.values()]
+    for (r, heads), (qg, kg, vg) in zip(groups.items(), parts):
         wk = wv = None
         if pool == "conv" and r > 1:
             wk = torch.stack([conv_weight_k[h] for h in heads])
@@ -238,7 +257,7 @@ def _sh_core(
             valid = None if p.valid is None else p.valid[:, None, :]
             mu, s2 = key_statistics(p.k, valid, upto=upto, eps=eps)
         if path == "fast":
-            qt = (qg - beta * mu) / s2 if bn else qg
+            qt = bn_query_transform(qg, mu, s2, beta) if bn else qg
             if mask is None:
                 o = F.scaled_dot_product_attention(qt, p.k, p.v, dropout_p=dropout_p, scale=scale)
             else:
