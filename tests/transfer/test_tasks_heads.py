@@ -111,3 +111,16 @@ def test_heads_reject_bad_input():
         fit_baseline("svm", X, y, Xs, ys)
     with pytest.raises(ValueError, match="beta"):
         fit_baseline("mlp", X, y, Xs, ys, beta=-1)
+
+
+def test_flatten_pool_sees_position_specific_information():
+    # label = sign of feature 0 of token 2 only: invisible to [cls, mean] pooling when diluted
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((400, 6, 3)).astype(np.float32)
+    y = (X[:, 2, 0] > 0).astype(np.int64)
+    flat = fit_baseline("linear-probe", X[:300], y[:300], X[300:], y[300:], beta=0.01, pool="flatten")
+    cls_mean = fit_baseline("linear-probe", X[:300], y[:300], X[300:], y[300:], beta=0.01)
+    assert flat.params == 6 * 3 * 2 + 2 and flat.test_acc > 0.9
+    assert flat.test_acc > cls_mean.test_acc + 0.1
+    with pytest.raises(ValueError, match="pool"):
+        fit_baseline("mlp", X, y, X, y, pool="max")

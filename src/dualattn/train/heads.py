@@ -12,6 +12,8 @@ convex heads, so objective values can be compared.
 * ``linear-probe``: logistic/ridge regression on pooled features ``[x_cls, mean_t x_t]``
   (full-batch L-BFGS, deterministic).
 * ``mlp``: ``W2 relu(W1 p + b1) + b2`` on the same pooled features (Adam).
+  Both take ``pool="flatten"`` to see every token (``p = vec(X)``, position-specific
+  weights, like the MLP-Mixer heads) instead of ``[x_cls, mean_t x_t]``.
 * ``softmax-attention``: one multi-head softmax self-attention layer,
   ``A_h = softmax(X Q_h (X K_h)^T / sqrt(r))``, ``f = mean_t (sum_h A_h X V_h)_t W_o`` (Adam).
 * ``adam:<convex head>``: the nonconvex model of a :mod:`dualattn.convex` head
@@ -47,9 +49,22 @@ class HeadResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def pooled(X: torch.Tensor) -> torch.Tensor:
-    """``[x_cls, mean_t x_t]``: ``(n, s, d) -> (n, 2d)``."""
-    return torch.cat([X[:, 0], X.mean(1)], dim=1)
+POOLS = ("cls-mean", "flatten")
+
+
+def pooled(X: torch.Tensor, pool: str = "cls-mean") -> torch.Tensor:
+    """``"cls-mean"``: ``[x_cls, mean_t x_t]`` ``(n, 2d)``; ``"flatten"``: all tokens ``(n, s*d)``."""
+    if pool == "cls-mean":
+        return torch.cat([X[:, 0], X.mean(1)], dim=1)
+    if pool == "flatten":
+        return X.flatten(1)
+    raise ValueError(f"pool: expected one of {POOLS}, got {pool!r}")
+
+
+def _pooled_dim(d: int, s: int, pool: str) -> int:
+    if pool not in POOLS:
+        raise ValueError(f"pool: expected one of {POOLS}, got {pool!r}")
+    return 2 * d if pool == "cls-mean" else s * d
 
 
 def risk(logits: torch.Tensor, y: torch.Tensor, loss: str, reduction: str = "sum") -> torch.Tensor:
@@ -86,25 +101,27 @@ def _check(X: np.ndarray, y: np.ndarray, name: str = "X") -> tuple[torch.Tensor,
 
 
 class PooledLinear(nn.Module):
-    """``f(X) = W [x_cls, mean_t x_t] + b``."""
+    """``f(X) = W p(X) + b`` with ``p`` = :func:`pooled` (``[x_cls, mean_t x_t]`` or all tokens)."""
 
-    def __init__(self, d: int, c: int):
+    def __init__(self, d: int, c: int, *, s: int = 1, pool: str = "cls-mean"):
         super().__init__()
-        self.fc = nn.Linear(2 * d, c)
+        self.pool = pool
+        self.fc = nn.Linear(_pooled_dim(d, s, pool), c)
 
     def forward(self, X):
-        return self.fc(pooled(X))
+        return self.fc(pooled(X, self.pool))
 
 
 class PooledMLP(nn.Module):
-    """``f(X) = W2 relu(W1 p + b1) + b2`` with ``p = [x_cls, mean_t x_t]``."""
+    """``f(X) = W2 relu(W1 p(X) + b1) + b2`` with ``p`` = :func:`pooled`."""
 
-    def __init__(self, d: int, c: int, hidden: int = 256):
+    def __init__(self, d: int, c: int, hidden: int = 256, *, s: int = 1, pool: str = "cls-mean"):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(2 * d, hidden), nn.ReLU(), nn.Linear(hidden, c))
+        self.pool = pool
+        self.net = nn.Sequential(nn.Linear(_pooled_dim(d, s, pool), hidden), nn.ReLU(), nn.Linear(hidden, c))
 
     def forward(self, X):
-        return self.net(pooled(X))
+        return self.net(pooled(X, self.pool))
 
 
 class SoftmaxAttentionHead(nn.Module):
@@ -197,16 +214,19 @@ BASELINES = ("linear-probe", "mlp", "softmax-attention")
 
 def fit_baseline(head: str, X, y, X_test, y_test, *, loss: str = "cross_entropy", beta: float = 1.0,
                  seed: int = 0, epochs: int = 200, lr: float = 3e-3, hidden: int = 256, heads: int = 4,
-                 batch_size: int = 128, reduction: str = "sum", num_classes: int | None = None) -> HeadResult:
-    """Fit baseline ``head`` in :data:`BASELINES`."""
+                 batch_size: int = 128, reduction: str = "sum", num_classes: int | None = None,
+                 pool: str = "cls-mean") -> HeadResult:
+    """Fit baseline ``head`` in :data:`BASELINES` (``pool`` applies to the linear probe and MLP)."""
     X = np.asarray(X)
-    d, c = X.shape[-1], num_classes or int(max(np.max(y), np.max(y_test))) + 1
+    if X.ndim != 3:
+        raise ValueError(f"X: expected token features (n, s, d), got shape {X.shape}")
+    s, d, c = X.shape[1], X.shape[-1], num_classes or int(max(np.max(y), np.max(y_test))) + 1
     torch.manual_seed(seed)
     if head == "linear-probe":
-        return fit_module(PooledLinear(d, c), X, y, X_test, y_test, head=head, loss=loss, beta=beta,
+        return fit_module(PooledLinear(d, c, s=s, pool=pool), X, y, X_test, y_test, head=head, loss=loss, beta=beta,
                           seed=seed, epochs=500, optimizer="lbfgs", reduction=reduction)
     if head == "mlp":
-        model: nn.Module = PooledMLP(d, c, hidden)
+        model: nn.Module = PooledMLP(d, c, hidden, s=s, pool=pool)
     elif head == "softmax-attention":
         model = SoftmaxAttentionHead(d, c, heads)
     else:

@@ -327,7 +327,8 @@ def _fit_head(hc: HeadConfig, X, y, Xs, ys, loss, beta, seed, out, tc, grid, tas
         path = out / "plots" / f"clusters-{tc.name}-{hc.name.replace(':', '_')}.png"
         try:
             images = None if test_idx is None or task.kind != "vision" else np.asarray(task.inputs)[test_idx]
-            res.extra["cluster_plot"] = str(token_cluster_maps(cf, Xs, ys, tc.tokens, path, task.classes, images))
+            token_cluster_maps(cf, Xs, ys, tc.tokens, path, task.classes, images)
+            res.extra["cluster_plot"] = path.relative_to(out).as_posix()
         except (ImportError, NotImplementedError, ValueError, TypeError) as e:  # head not interpretable
             res.extra["cluster_plot_error"] = str(e)
     return res
