@@ -81,3 +81,26 @@ def test_reproduce_end_to_end_and_rerun_skips(tiny_protocol):
     assert s["status"] == "ok" and s["epochs"] == 2
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0 and "2 reused" in (root / "report.md").read_text()
+
+
+def test_missing_data_fails_before_any_training(tiny_protocol):
+    t = tiny_protocol
+    (t / "proto2.yaml").write_text(textwrap.dedent("""
+        name: tiny2
+        variants: [softmax]
+        experiments:
+          - {config: tiny.yaml, datasets: [tiny-repro, NoSuchUEA], seeds: 1}
+    """))
+    res = CliRunner().invoke(app, ["reproduce", "--protocol", str(t / "proto2.yaml"), "--out", str(t / "runs")])
+    assert res.exit_code == 2
+    assert "NoSuchUEA" in res.output and "before training" in res.output
+    assert not (t / "runs" / "tiny2" / "tiny-repro").exists()  # nothing was trained
+
+
+def test_train_cli_rejects_bad_config(tmp_path):
+    (tmp_path / "c.yaml").write_text("data: {name: JapaneseVowels}\nmodel: {heads: 4}\n")
+    res = CliRunner().invoke(app, ["train", str(tmp_path / "c.yaml"), "--run-dir", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "model.heads" in res.output
+    res = CliRunner().invoke(app, ["train", str(tmp_path / "c.yaml"), "model.heads=", "--run-dir", str(tmp_path / "r")])
+    assert res.exit_code == 2
+    assert not (tmp_path / "r").exists()

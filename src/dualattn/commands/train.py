@@ -91,7 +91,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the paper's comparison (variants x datasets x seeds) and write OUT/<name>/report.md."""
         from dualattn.train.config import ConfigError
-        from dualattn.train.reproduce import configs_dir, execute, plan_runs
+        from dualattn.train.data import DataError
+        from dualattn.train.reproduce import configs_dir, execute, plan_runs, preflight
 
         if quick and full:
             _fail("choose one of --quick and --full")
@@ -105,6 +106,10 @@ def register(app: typer.Typer) -> None:
         root = out / (name or proto.name)
         typer.echo(f"reproduce: {len(runs)} runs from {protocol} -> {root}", err=True)
         t0 = time.perf_counter()
+        try:
+            preflight(runs)
+        except DataError as exc:
+            _fail(str(exc))
         outcomes = execute(runs, show_progress=True)
         wall = time.perf_counter() - t0
         from dualattn.report import generate_report

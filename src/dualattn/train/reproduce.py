@@ -131,8 +131,36 @@ def plan_runs(
     return proto, runs
 
 
+def _data_key(cfg: RunConfig) -> str:
+    return cfg.data.model_dump_json(exclude={"batch_size", "eval_batch_size", "num_workers"})
+
+
+def preflight(runs: list[PlannedRun]) -> None:
+    """Load every distinct dataset once before any training; raise one error listing all failures.
+
+    Runs already finished are not checked. Loaders cache on disk, so the later
+    load for training is cheap.
+    """
+    from dualattn.train.data import DataError, load_splits
+    from dualattn.train.run import load_summary
+
+    errors, seen = [], set()
+    for pr in runs:
+        key = _data_key(pr.cfg)
+        prev = load_summary(pr.run_dir)
+        if key in seen or (prev is not None and prev.get("status") == "ok"):
+            continue
+        seen.add(key)
+        try:
+            load_splits(pr.cfg.data)
+        except DataError as exc:
+            errors.append(f"  {pr.cfg.data.name}: {exc}")
+    if errors:
+        raise DataError("data check failed before training (restrict with --datasets):\n" + "\n".join(errors))
+
+
 def execute(runs: list[PlannedRun], *, show_progress: bool = True) -> list[Outcome]:
-    """Train every planned run sequentially (data loaded once per dataset config)."""
+    """Train every planned run sequentially (data loaded once per consecutive dataset config)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -155,9 +183,10 @@ def execute(runs: list[PlannedRun], *, show_progress: bool = True) -> list[Outco
                 outcomes.append(Outcome(rd, "skipped", 0.0, prev))
                 prog.advance(task)
                 continue
-            key = cfg.data.model_dump_json(exclude={"batch_size", "eval_batch_size", "num_workers"})
+            key = _data_key(cfg)
             try:
                 if key not in cache:
+                    cache.clear()  # hold one dataset at a time
                     cache[key] = load_splits(cfg.data)
                 resume = (rd / "checkpoints" / "last.ckpt").exists()
                 summary = train_run(cfg, rd, resume=resume, splits=cache[key], progress="none")
