@@ -69,10 +69,16 @@ def accuracy_vs_variant(groups: dict[str, list[Group]], path: Path) -> Path:
     for ax, (ds, gs) in zip(axes, groups.items()):
         stats = [g.stat("test_acc") for g in gs]
         x = np.arange(len(gs))
-        ax.bar(x, [100 * m for m, _, _ in stats], yerr=[100 * s for _, s, _ in stats], capsize=3, color="C0")
+        # points + error bars (not bars): the y axis is zoomed to the data
+        ax.errorbar(x, [100 * m for m, _, _ in stats], yerr=[100 * s for _, s, _ in stats], fmt="o", capsize=4)
         ax.set_xticks(x, [g.variant for g in gs], rotation=30)
-        lo = min((100 * (m - s) for m, s, _ in stats if not math.isnan(m)), default=0)
-        ax.set_ylim(max(0, lo - 10), 100)
+        ok = [(m, s) for m, s, _ in stats if not math.isnan(m)]
+        if ok:
+            lo = min(100 * (m - s) for m, s in ok)
+            hi = max(100 * (m + s) for m, s in ok)
+            pad = max(1.0, 0.15 * (hi - lo))
+            ax.set_ylim(max(0, lo - pad), min(100, hi + pad))
+        ax.set_xlim(-0.5, len(gs) - 0.5)
         ax.set_title(ds)
         ax.set_ylabel("test accuracy (%)")
         ax.grid(axis="y", alpha=0.3)
@@ -88,11 +94,14 @@ def redundancy_per_layer(groups: dict[str, list[Group]], path: Path) -> Path:
     fig, axes = _grid(len(groups), plt)
     for ax, (ds, gs) in zip(axes, groups.items()):
         width = 0.8 / max(1, len(gs))
+        depth = 0
         for i, g in enumerate(gs):
             m, s = g.redundancy_per_layer()
             if m.size:
-                x = np.arange(m.size) + i * width
+                depth = max(depth, m.size)
+                x = np.arange(m.size) + (i - (len(gs) - 1) / 2) * width
                 ax.bar(x, m, width, yerr=s, capsize=2, label=g.variant)
+        ax.set_xticks(np.arange(depth), [str(i) for i in range(depth)])
         ax.set_xlabel("layer")
         ax.set_ylabel("head distance (1 - cos)")
         ax.set_title(ds)
