@@ -122,6 +122,27 @@ def register(app: typer.Typer) -> None:
             "",
         ]
         path = generate_report(root, title=f"dualattn reproduce: {root.name}", extra=extra)
+        _print_summary(root)
         typer.echo(f"report: {path}")
         if n_fail:
             raise typer.Exit(1)
+
+
+def _print_summary(root: Path) -> None:
+    """Compact console table: test accuracy and head distance per (dataset, variant)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from dualattn.report import find_runs, group_runs
+
+    table = Table(title=f"{root}: test accuracy (mean ± std over seeds) and head distance")
+    for col in ("dataset", "variant", "seeds", "test acc (%)", "head distance"):
+        table.add_column(col)
+    for ds, gs in group_runs(find_runs(root)).items():
+        for g in gs:
+            m, sd, n = g.stat("test_acc")
+            r, rs, _ = g.redundancy_mean()
+            acc = "failed" if n == 0 else f"{100 * m:.1f} ± {100 * sd:.1f}"
+            red = "n/a" if n == 0 or r != r else f"{r:.3f} ± {rs:.3f}"
+            table.add_row(ds, g.variant, f"{n}/{len(g.runs)}", acc, red)
+    Console(stderr=True).print(table)
