@@ -133,9 +133,10 @@ def cvxpy_child(path: str) -> None:
     Z = cp.Variable((d * d, d * c))
     out = Psi @ cp.reshape(Z, (d**3, c), order="C")
     prob = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(out - Y) + beta * cp.normNuc(Z)))
-    opts = {"CLARABEL": {}, "SCS": {"eps_abs": 1e-6, "eps_rel": 1e-6, "max_iters": 10**6}}.get(spec["solver"], {})
+    scs = {"eps_abs": 1e-6, "eps_rel": 1e-6, "max_iters": 10**6}
+    opts = {"CLARABEL": {}, "SCS": scs, "SCS-INDIRECT": dict(scs, use_indirect=True)}.get(spec["solver"], {})
     t0 = time.perf_counter()
-    prob.solve(solver=spec["solver"], **opts)
+    prob.solve(solver=spec["solver"].split("-")[0], **opts)
     total = time.perf_counter() - t0
     st = prob.solver_stats
     solve = float(st.solve_time) if st.solve_time is not None else total
@@ -322,6 +323,10 @@ def fmt(v, spec: str) -> str:
     return format(v, spec) if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)) else str(v)
 
 
+def speedup_str(v: float) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.1f}x"
+
+
 def write_outputs(rows: list, summary: list, out: Path, stem: str, cmd: str) -> None:
     import csv
 
@@ -329,6 +334,7 @@ def write_outputs(rows: list, summary: list, out: Path, stem: str, cmd: str) -> 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401
 
     out.mkdir(parents=True, exist_ok=True)
     with open(out / f"{stem}.csv", "w", newline="") as fh:
@@ -348,6 +354,12 @@ def write_outputs(rows: list, summary: list, out: Path, stem: str, cmd: str) -> 
                 ax.plot(*zip(*pts), marker="o", label=solver)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ns = sorted({r["n"] for r in sel})
+        ax.set_xticks(ns, [str(v) for v in ns])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        dnf = sorted({r["solver"] for r in sel if r["status"] == "DNF"})
+        if dnf:
+            ax.text(0.02, 0.98, "did not finish: " + ", ".join(dnf), transform=ax.transAxes, va="top", fontsize=7)
         ax.set_xlabel("n (samples)")
         ax.set_ylabel(f"time to rel. gap {TARGET:g} [s]")
         ax.set_title(f"linear attention, d={d}" if prob == "attention" else "gated-ReLU MLP (scnn problem)")
@@ -365,7 +377,7 @@ def write_outputs(rows: list, summary: list, out: Path, stem: str, cmd: str) -> 
                      f"{fmt(r['rel_gap'], '.1e')} | {r['note']} |")
     lines += ["", "| comparison | n | speedup | target | result |", "|---|---|---|---|---|"]
     for s in summary:
-        lines.append(f"| {s['comparison']} | {s['n']} | {fmt(s['speedup'], '.1f')}x | {s['target']} | {s['result']} |")
+        lines.append(f"| {s['comparison']} | {s['n']} | {speedup_str(s['speedup'])} | {s['target']} | {s['result']} |")
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
 
 
@@ -384,7 +396,7 @@ def print_tables(rows: list, summary: list, console) -> None:
         s.add_column(col)
     for r in summary:
         style = "green" if r["result"] == "PASS" else ("red" if r["result"] == "FAIL" else "")
-        s.add_row(r["comparison"], str(r["n"]), f"{fmt(r['speedup'], '.1f')}x", r["target"], f"[{style}]{r['result']}")
+        s.add_row(r["comparison"], str(r["n"]), speedup_str(r["speedup"]), r["target"], f"[{style}]{r['result']}" if style else r["result"])
     console.print(s)
 
 
@@ -399,7 +411,7 @@ def parse_args(argv=None):
     p.add_argument("--c", type=int, default=10)
     p.add_argument("--beta-frac", type=float, default=0.1, help="attention: beta = frac * beta_max")
     p.add_argument("--cvxpy-solvers", type=lambda v: [x.upper() for x in v.split(",") if x],
-                   default=["CLARABEL", "SCS"])
+                   default=["CLARABEL", "SCS"], help="CVXPY solvers (SCS-INDIRECT: SCS with its CG linear solver)")
     p.add_argument("--timeout", type=float, default=600.0, help="cap per solver run [s]")
     p.add_argument("--mem-gib", type=float, default=4.0, help="address-space cap of each CVXPY process")
     p.add_argument("--mlp-sizes", type=lambda v: [int(x) for x in v.split(",") if x], default=[1000, 4000, 16000])
@@ -411,6 +423,7 @@ def parse_args(argv=None):
     p.add_argument("--skip", choices=["attention", "mlp"], action="append", default=[])
     p.add_argument("--threads", type=int, default=1, help="torch threads for our solver")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--replot", type=Path, default=None, help="rewrite .png/.md from an existing results CSV")
     p.add_argument("--_cvxpy-child", dest="cvxpy_child", default=None, help=argparse.SUPPRESS)
     cfg = p.parse_args(argv)
     if cfg.quick:
@@ -422,10 +435,38 @@ def parse_args(argv=None):
     return cfg
 
 
+def read_rows(path: Path) -> list[dict]:
+    """Rows of a CSV written by :func:`write_outputs`, numbers parsed back."""
+    import csv
+
+    def num(v: str):
+        try:
+            return int(v)
+        except ValueError:
+            try:
+                return float(v)
+            except ValueError:
+                return v
+
+    with open(path) as fh:
+        return [{k: (num(v) if k in ("n", "s", "d", "c", "time_s", "compile_s", "objective", "rel_gap") and v else v)
+                 for k, v in r.items()} for r in csv.DictReader(fh)]
+
+
 def main(argv=None) -> int:
     cfg = parse_args(argv)
     if cfg.cvxpy_child:
         cvxpy_child(cfg.cvxpy_child)
+        return 0
+    if cfg.replot:
+        from rich.console import Console
+
+        rows = read_rows(cfg.replot)
+        summary = summarise(rows)
+        cmd = (cfg.replot.with_suffix(".md").read_text().splitlines() or [""])[0]
+        cmd = cmd.removeprefix("Command: `").removesuffix("`") or "python benchmarks/convex_solvers.py"
+        write_outputs(rows, summary, cfg.replot.parent, cfg.replot.stem, cmd)
+        print_tables(rows, summary, Console(width=150))
         return 0
     import torch
     from rich.console import Console
