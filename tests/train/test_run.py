@@ -134,3 +134,23 @@ def test_token_input_and_model_mismatch(tmp_path):
     with pytest.raises((RunError, ValueError), match="vit|image_size"):
         train_run(cfg, tmp_path / "vit", splits=SPLITS)
     assert not (tmp_path / "vit" / "checkpoints").exists()  # nothing trained
+
+
+def test_primal_variant_adds_ksvd_term(tmp_path):
+    cfg = _cfg(max_epochs=1)
+    cfg.model.variant = "primal"
+    s = train_run(cfg, tmp_path, splits=SPLITS)
+    assert s["status"] == "ok" and len(s["head_redundancy"]) == 2
+
+
+def test_ksvd_weight_changes_the_primal_loss():
+    from dualattn.train.module import ClassifierModule
+
+    model = {"variant": "primal", "dim": 16, "depth": 1, "num_heads": 2, "dropout": 0.0}
+    m = ClassifierModule(model, {"ksvd_weight": 0.0}, num_classes=2, max_len=8, in_features=3).eval()
+    batch = (SPLITS.train.x[:8], SPLITS.train.mask[:8], SPLITS.train.y[:8])
+    with pytest.warns(UserWarning):  # self.log outside a Trainer
+        l0 = m._step(batch, "train")
+        m.optim_cfg.ksvd_weight = 1.0
+        l1 = m._step(batch, "train")
+    assert torch.isfinite(l1) and not torch.isclose(l0, l1)

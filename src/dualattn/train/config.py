@@ -84,6 +84,8 @@ class OptimConfig(_Strict):
     warmup_epochs: int = Field(default=0, ge=0)
     grad_clip: float | None = Field(default=None, gt=0)
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    # Primal-Attention (variant "primal"): loss = CE + ksvd_weight * KSVD regulariser.
+    ksvd_weight: float = Field(default=0.1, ge=0)
 
 
 class TrainerConfig(_Strict):

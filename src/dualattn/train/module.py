@@ -44,7 +44,8 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 class ClassifierModule(L.LightningModule):
     """Train/evaluate a ``SequenceClassifier``/``ViT`` built from a model config dict.
 
-    Loss: ``CE(logits, y)`` (optional label smoothing). Logged per epoch:
+    Loss: ``CE(logits, y)`` (optional label smoothing), plus
+    ``optim.ksvd_weight * KSVD`` for the ``primal`` variant. Logged per epoch:
     ``train_loss, train_acc, val_loss, val_acc`` (and ``test_*``). The global RNG
     states are stored in every checkpoint and restored when training resumes,
     so an interrupted seeded run continues bit-identically.
@@ -81,6 +82,12 @@ class ClassifierModule(L.LightningModule):
         logits = self.model(x, mask)
         smoothing = self.optim_cfg.label_smoothing if stage == "train" else 0.0
         loss = F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
+        if stage == "train" and self.model_cfg.variant == "primal" and self.optim_cfg.ksvd_weight > 0:
+            from dualattn.nn import ksvd_regularizer
+
+            ksvd = ksvd_regularizer(self.model)
+            self.log("train_ksvd", ksvd.detach(), on_step=False, on_epoch=True, batch_size=y.shape[0])
+            loss = loss + self.optim_cfg.ksvd_weight * ksvd
         if stage == "train" and not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"non-finite loss ({loss.item()}) at epoch {self.current_epoch} step {self.global_step}; "
