@@ -125,3 +125,28 @@ def test_sparse_topk_keeps_k(h):
     assert ((w > 0).sum(-1) == 3).all()
     _, w = A.sparse_attention(q, k, v, pattern="local", window=2, need_weights=True, is_causal=True)
     assert ((w > 0).sum(-1) <= 3).all() and (w.triu(1) == 0).all()
+
+
+def test_sh_interleaved_factors_and_bf16_groups(h):
+    q, k, v = h.make_qkv()
+    kpm = h.padding_mask(2, 13)
+    fs = [2, 1, 4, 1]
+    for fn in (A.sh_attention, A.bn_sh_attention):
+        fast = fn(q, k, v, factors=fs, key_padding_mask=kpm, is_causal=True)
+        ref = fn(q, k, v, factors=fs, key_padding_mask=kpm, is_causal=True, impl="reference")
+        torch.testing.assert_close(fast, ref, **TOL)
+        lit = h.literal_sh(q, k, v, fs, kpm=kpm, causal=True, bn=fn is A.bn_sh_attention)
+        torch.testing.assert_close(fast, lit, **TOL)
+
+
+def test_running_statistics_are_stable_with_large_offset():
+    """Causal running variance in fp32 with keys ~1e4 + N(0, 1): E[x^2]-E[x]^2 would lose every digit."""
+    g = torch.Generator().manual_seed(0)
+    k = (1e4 + torch.randn(1, 1, 512, 4, generator=g, dtype=torch.float64)).float()
+    upto = torch.arange(512)
+    mu, s2 = A.key_statistics(k, upto=upto, eps=0.0)
+    kd = k.double()
+    for i in (1, 10, 100, 511):
+        ref_var = kd[0, 0, : i + 1].var(0, unbiased=False)
+        torch.testing.assert_close(s2[0, 0, i].double(), ref_var, atol=1e-3, rtol=1e-3)
+        torch.testing.assert_close(mu[0, 0, i].double(), kd[0, 0, : i + 1].mean(0), atol=1e-3, rtol=0)
