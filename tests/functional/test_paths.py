@@ -150,3 +150,16 @@ def test_running_statistics_are_stable_with_large_offset():
         ref_var = kd[0, 0, : i + 1].var(0, unbiased=False)
         torch.testing.assert_close(s2[0, 0, i].double(), ref_var, atol=1e-3, rtol=1e-3)
         torch.testing.assert_close(mu[0, 0, i].double(), kd[0, 0, : i + 1].mean(0), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("nq,nk,window", [(40, 40, 3), (19, 45, 5), (45, 19, 5), (5, 5, 20)])
+def test_blocked_local_matches_reference(nq, nk, window):
+    q = torch.randn(2, 2, nq, 8, dtype=torch.float64)
+    k = torch.randn(2, 2, nk, 8, dtype=torch.float64)
+    v = torch.randn(2, 2, nk, 6, dtype=torch.float64)
+    kpm = torch.rand(2, nk) > 0.2
+    for causal in (False, True):
+        for m in (None, kpm):
+            a = A.sparse_attention(q, k, v, window=window, is_causal=causal, key_padding_mask=m)
+            b = A.sparse_attention(q, k, v, window=window, is_causal=causal, key_padding_mask=m, impl="reference")
+            torch.testing.assert_close(a, b, **TOL)

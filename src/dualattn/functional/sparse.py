@@ -7,9 +7,12 @@
 * ``"local+strided"`` the union of both (Child et al.'s factorised pattern);
 * ``"topk"``          the ``topk`` keys with the largest scores (after the other masks).
 
-Fast path: structural patterns become one boolean mask for SDPA (O(N^2) bits, no float
-score matrix); top-k runs in query chunks of ``chunk_size`` rows so the score buffer is
-O(chunk_size * Nk).
+Fast paths: ``"local"`` (without ``attn_mask``) is blocked: queries are cut into blocks of
+``C = max(16, 2*window)`` rows and each block attends, in one batched SDPA call, to its key band
+of ``C + 2*window`` keys (an ``unfold`` view), so time and memory are O(N * window).
+``"strided"``/``"local+strided"`` (or ``"local"`` with an ``attn_mask``) pass one (N x N) boolean
+mask to SDPA, which needs O(N^2) mask memory. Top-k runs in query chunks of ``chunk_size`` rows,
+so its score buffer is O(chunk_size * Nk).
 """
 
 from __future__ import annotations
@@ -36,6 +39,34 @@ def sparse_pattern(Nq: int, Nk: int, pattern: str, *, window: int = 16, stride: 
     if pattern == "local+strided":
         return ((i - j).abs() <= window) | ((i - j).remainder(stride) == 0)
     raise ValueError(f"sparse_pattern: `pattern` must be one of {PATTERNS[:3]}, got {pattern!r}")
+
+
+def _local_blocked(q, k, v, window: int, key_padding_mask, is_causal: bool, dropout_p: float, scale):
+    """Banded local attention ``|i - j| <= window`` (and ``j <= i`` if causal) in O(N * window)."""
+    B, H, Nq, D = q.shape
+    Nk = k.shape[2]
+    C = max(16, 2 * window)
+    nC = -(-Nq // C)
+    L = C + 2 * window
+    right = nC * C + window - Nk  # padded key p <-> original key j = p - window
+    if right < 0:  # keys after the last band are never visible
+        k, v = k[:, :, : Nk + right], v[:, :, : Nk + right]
+        kpm = None if key_padding_mask is None else key_padding_mask[:, : Nk + right]
+        right = 0
+    else:
+        kpm = key_padding_mask
+    kp = F.pad(k, (0, 0, window, right)).unfold(2, L, C).transpose(-1, -2)  # (B, H, nC, L, D) view
+    vp = F.pad(v, (0, 0, window, right)).unfold(2, L, C).transpose(-1, -2)
+    n_real = k.shape[2]
+    valid = torch.ones(1, n_real, dtype=torch.bool, device=q.device) if kpm is None else kpm
+    valid = F.pad(valid, (window, right), value=False).unfold(1, L, C)  # (B or 1, nC, L)
+    a = torch.arange(C, device=q.device)[:, None]
+    t = torch.arange(L, device=q.device)[None, :]
+    band = (t - a >= 0) & (t - a <= (window if is_causal else 2 * window))  # (C, L), same for every block
+    mask = band & valid[:, None, :, None, :]  # (B or 1, 1, nC, C, L)
+    qb = F.pad(q, (0, 0, 0, nC * C - Nq)).view(B, H, nC, C, D)
+    out = F.scaled_dot_product_attention(qb, kp, vp, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+    return out.reshape(B, H, nC * C, v.shape[-1])[:, :, :Nq]
 
 
 def _topk_keep(scores: Tensor, topk: int) -> Tensor:
@@ -75,6 +106,8 @@ def sparse_attention(
     k, v = zero_padded(k, key_padding_mask), zero_padded(v, key_padding_mask)
     mask = combine_masks(attn_mask, key_padding_mask, is_causal, Nq, Nk, q.device, q.dtype)
     sc = default_scale(scale, q.shape[-1])
+    if pattern == "local" and path == "fast" and attn_mask is None:
+        return _local_blocked(q, k, v, window, key_padding_mask, is_causal, dropout_p, scale)
     if pattern != "topk":
         pat = sparse_pattern(Nq, Nk, pattern, window=window, stride=stride, device=q.device)
         if mask is None:
