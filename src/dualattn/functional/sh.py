@@ -260,6 +260,8 @@ def _sh_core(
             qt = bn_query_transform(qg, mu, s2, beta) if bn else qg
             if mask is None:
                 o = F.scaled_dot_product_attention(qt, p.k, p.v, dropout_p=dropout_p, scale=scale)
+            elif r == 1 and is_causal and p.valid is None and attn_mask is None:  # plain causal: no mask tensor
+                o = F.scaled_dot_product_attention(qt, p.k, p.v, dropout_p=dropout_p, is_causal=True, scale=scale)
             else:
                 o = F.scaled_dot_product_attention(qt, p.k, p.v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
         else:
