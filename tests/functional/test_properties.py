@@ -152,10 +152,12 @@ def test_torch_compile_smoke(h):
     def f(q, k, v):
         a = A.bn_attention(q, k, v, key_padding_mask=kpm, is_causal=True)
         b = A.sh_attention(q, k, v, factors=[1, 2, 2, 4], key_padding_mask=kpm)
-        return a + b + A.linear_attention(q, k, v, key_padding_mask=kpm)
+        c = A.bn_attention(q, k, v) + A.sparse_attention(q, k, v, window=2)  # fused BN Function, blocked local
+        return a + b + c + A.linear_attention(q, k, v, key_padding_mask=kpm)
 
     cf = torch.compile(f, fullgraph=True)
     torch.testing.assert_close(cf(q, k, v), f(q, k, v), atol=1e-5, rtol=1e-5)
+
 
 
 def test_gradcheck_bn_fused_noncausal(h):
