@@ -210,8 +210,8 @@ def write_report(out_dir: str | Path) -> Path:
     for name, t in tasks.items():
         lines.append(f"- **{name}**: backbone `{t['backbone']}`, {t['n']} examples ({t['description']}); "
                      f"{t['tokens_raw']} tokens x {t['dim_raw']} reduced to s={t['tokens']} tokens x "
-                     f"d={t['pca_dim']} (PCA fitted on the training split); feature extraction "
-                     f"{t['load_and_extract_s']:.0f} s (0 if cached).")
+                     f"d={t['pca_dim']} (PCA fitted on the training split); backbone load + feature "
+                     f"extraction (or cache read) {t['load_and_extract_s']:.0f} s in the last run.")
     lines += ["", "Mean ± sample std over seeds (each seed = a different split and head init). "
               "Objective = summed loss + beta·penalty (the convex program's scale); "
               "gap = certified duality gap of the convex solve. Times are wall-clock on a shared CPU (noisy).",
