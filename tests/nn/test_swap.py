@@ -84,3 +84,14 @@ def test_swap_errors():
         swap_attention(torch.nn.Linear(3, 3), "bn")
     with pytest.raises(ValueError, match="variant"):
         swap_attention(Encoder(16, 1, 4), "nope")
+
+
+def test_swapped_bert_still_reports_attentions():
+    model = _bert()
+    ids = torch.randint(0, 50, (2, 9))
+    swap_attention(model, "bn+sh")
+    out = model(input_ids=ids, output_attentions=True)
+    assert out.attentions is not None and len(out.attentions) == 2
+    assert out.attentions[0].shape == (2, 4, 9, 9)
+    torch.testing.assert_close(out.attentions[0].sum(-1), torch.ones(2, 4, 9))
+    assert model(input_ids=ids).attentions is None

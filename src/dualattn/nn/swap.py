@@ -37,7 +37,7 @@ class HFAttention(nn.Module):
     """
 
     def __init__(self, original: nn.Module, variant: str, **variant_options):
-        super().__init__()
+        nn.Module.__init__(self)  # not super(): the dynamic subclass also derives from the HF class
         lin = _hf_linears(original)
         if lin is None:
             raise TypeError(f"HFAttention: {type(original).__name__} has no q/k/v linears and num_attention_heads")
@@ -60,6 +60,9 @@ class HFAttention(nn.Module):
         self.attn.out_proj = o if o is not None else nn.Identity()
         self.attn.to(device=q.weight.device, dtype=q.weight.dtype)
         self.original_class = type(original).__name__
+        for attr in ("config", "layer_idx", "is_causal", "num_attention_heads"):
+            if hasattr(original, attr):
+                setattr(self, attr, getattr(original, attr))
         self.train(original.training)
 
     @staticmethod
@@ -85,9 +88,38 @@ class HFAttention(nn.Module):
             raise ValueError("HFAttention: only self-attention modules are swapped; cross-attention is unsupported")
         B, N, _ = hidden_states.shape
         attn_mask, kpm = self._masks(attention_mask, B, N)
-        need = bool(kwargs.get("output_attentions", False))
+        need = bool(kwargs.get("output_attentions", False)) or _hf_collecting_attentions()
         res = self.attn(hidden_states, key_padding_mask=kpm, attn_mask=attn_mask, need_weights=need)
         return res if need else (res, None)
+
+
+def _hf_collecting_attentions() -> bool:
+    """True while a ``transformers`` model is collecting attention maps (``output_attentions=True``)."""
+    try:
+        from transformers.utils.output_capturing import _active_collector
+    except Exception:  # older/newer transformers: fall back to the output_attentions kwarg only
+        return False
+    try:
+        col = _active_collector.get()
+    except LookupError:
+        return False
+    return isinstance(col, dict) and "attentions" in col
+
+
+_WRAPPER_CLASSES: dict = {}
+
+
+def _wrapper_class(original: nn.Module) -> type:
+    """``HFAttention`` subclass that is also an instance of the replaced HF class, so that
+    ``transformers``' output recorders (which match by class) still collect attention maps."""
+    base = type(original)
+    cls = _WRAPPER_CLASSES.get(base)
+    if cls is None:
+        name = f"DualAttn{base.__name__}"
+        cls = type(name, (HFAttention, base), {"__module__": __name__})
+        globals()[name] = cls  # picklable by qualified name within this process
+        _WRAPPER_CLASSES[base] = cls
+    return cls
 
 
 def _rebuild(old: Attention, variant: str, **variant_options) -> Attention:
@@ -120,7 +152,8 @@ def swap_attention(model: nn.Module, variant: str, **variant_options) -> nn.Modu
     if not targets:
         raise ValueError(f"swap_attention: found no attention module in {type(model).__name__}")
     for name, m, kind in targets:
-        new = _rebuild(m, variant, **variant_options) if kind == "ours" else HFAttention(m, variant, **variant_options)
+        new = _rebuild(m, variant, **variant_options) if kind == "ours" else \
+            _wrapper_class(m)(m, variant, **variant_options)
         if name == "":
             raise ValueError("swap_attention: pass the model that contains the attention, not the attention itself")
         parent_name, _, child = name.rpartition(".")
