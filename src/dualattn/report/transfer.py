@@ -140,17 +140,18 @@ def plot_bars(rows: list[dict[str, Any]], key: str, path: Path, ylabel: str, log
     heads = list(dict.fromkeys(r["head"] for r in rows))
     width = 0.8 / max(len(heads), 1)
     fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(tasks) * max(1, len(heads) / 4)), 4))
+    colors = plt.get_cmap("tab20" if len(heads) > 10 else "tab10").colors
     for j, h in enumerate(heads):
         m = [next((r[key + "_mean"] for r in rows if r["task"] == t and r["head"] == h), np.nan) for t in tasks]
         s = [next((r[key + "_std"] for r in rows if r["task"] == t and r["head"] == h), np.nan) for t in tasks]
         scale = 100 if key.endswith("acc") else 1
         ax.bar(np.arange(len(tasks)) + (j - (len(heads) - 1) / 2) * width, np.array(m) * scale,
-               width, yerr=np.array(s) * scale, capsize=3, label=h)
+               width, yerr=np.array(s) * scale, capsize=3, label=h, color=colors[j % len(colors)])
     ax.set_xticks(np.arange(len(tasks)), tasks)
     ax.set_ylabel(ylabel)
     if log:
         ax.set_yscale("log")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
