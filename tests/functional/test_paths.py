@@ -163,3 +163,12 @@ def test_blocked_local_matches_reference(nq, nk, window):
             a = A.sparse_attention(q, k, v, window=window, is_causal=causal, key_padding_mask=m)
             b = A.sparse_attention(q, k, v, window=window, is_causal=causal, key_padding_mask=m, impl="reference")
             torch.testing.assert_close(a, b, **TOL)
+
+
+@pytest.mark.parametrize("n", [1, 4, 12, 14])
+def test_causal_sh_unpadded_lengths_literal(h, n):
+    q, k, v = h.make_qkv(B=1, H=4, N=n)
+    for bn in (False, True):
+        fn = A.bn_sh_attention if bn else A.sh_attention
+        out = fn(q, k, v, factors=[1, 2, 3, 4], is_causal=True)
+        torch.testing.assert_close(out, h.literal_sh(q, k, v, [1, 2, 3, 4], causal=True, bn=bn), **TOL)

@@ -166,3 +166,14 @@ def test_gradcheck_bn_fused_noncausal(h):
     assert torch.autograd.gradcheck(lambda q, k, v: A.bn_attention(q, k, v, beta=0.7, impl="fast"), (q, k, v))
     m = torch.rand(5, 5) > 0.3
     assert torch.autograd.gradcheck(lambda q, k, v: A.bn_attention(q, k, v, attn_mask=m, impl="fast"), (q, k, v))
+
+
+@pytest.mark.parametrize("pool", ["avg", "stride"])
+def test_gradcheck_causal_sh_without_padding(h, pool):
+    """Unpadded causal SH regroups queries by block offset (no mask tensor): check its gradients."""
+    q, k, v = h.make_qkv(B=1, H=3, N=7, D=2, requires_grad=True)
+    for fn in (A.sh_attention, A.bn_sh_attention):
+        assert torch.autograd.gradcheck(
+            lambda q, k, v: fn(q, k, v, factors=[1, 2, 3], pool=pool, is_causal=True, impl="fast"), (q, k, v),
+            fast_mode=True,
+        )

@@ -184,6 +184,36 @@ def expand_weights(w: Tensor, p: Pooled) -> Tensor:
     return wr * mw[:, :, None, :]
 
 
+def _causal_staircase(q: Tensor, kp: Tensor, vp: Tensor, r: int, pool: str, dropout_p: float, scale) -> Tensor:
+    """Causal SH for one group (no padding, Nq = Nk = N) without any mask tensor.
+
+    Write query ``i = m*r + t``. For avg/conv pooling it sees blocks ``b <= m`` if ``t = r-1`` and
+    ``b <= m-1`` otherwise (plus, if ``N % r``, the last query also sees the partial last block);
+    for strided pooling it sees ``b <= m`` for every ``t``. Queries are regrouped by offset ``t``
+    so every case is one SDPA call with ``is_causal=True`` (keys shifted by one block for ``b <= m-1``).
+    """
+    B, Hg, N, D = q.shape
+    M, Dv = kp.shape[2], vp.shape[-1]
+    q5 = F.pad(q, (0, 0, 0, M * r - N)).view(B, Hg, M, r, D).transpose(2, 3)  # (B, Hg, r, M, D)
+    def gqa(qs: Tensor, ks: Tensor, vs: Tensor) -> Tensor:  # qs (B, Hg, T, L, D) over ks (B, Hg, S, D)
+        T, L = qs.shape[2], qs.shape[3]
+        o = F.scaled_dot_product_attention(qs.reshape(B, Hg * T, L, D), ks, vs, dropout_p=dropout_p,
+                                           is_causal=True, scale=scale, enable_gqa=True)
+        return o.view(B, Hg, T, L, Dv)
+
+    if pool == "stride":
+        return gqa(q5, kp, vp).transpose(2, 3).reshape(B, Hg, M * r, Dv)[:, :, :N]
+    out5 = q.new_zeros(B, Hg, r, M, Dv)
+    out5[:, :, r - 1 :] = gqa(q5[:, :, r - 1 :], kp, vp)
+    if M > 1:
+        out5[:, :, : r - 1, 1:] = gqa(q5[:, :, : r - 1, 1:], kp[:, :, : M - 1], vp[:, :, : M - 1])
+    out = out5.transpose(2, 3).reshape(B, Hg, M * r, Dv)[:, :, :N]
+    if N % r:  # the last query also sees the partial last block: recompute that row over all blocks
+        last = F.scaled_dot_product_attention(q[:, :, N - 1 :], kp, vp, dropout_p=dropout_p, scale=scale)
+        out = torch.cat([out[:, :, : N - 1], last], dim=2)
+    return out
+
+
 def _select(x: Tensor, heads: List[int]) -> Tensor:
     if heads == list(range(heads[0], heads[0] + len(heads))):
         return x.narrow(1, heads[0], len(heads))
@@ -262,6 +292,8 @@ def _sh_core(
                 o = F.scaled_dot_product_attention(qt, p.k, p.v, dropout_p=dropout_p, scale=scale)
             elif r == 1 and is_causal and p.valid is None and attn_mask is None:  # plain causal: no mask tensor
                 o = F.scaled_dot_product_attention(qt, p.k, p.v, dropout_p=dropout_p, is_causal=True, scale=scale)
+            elif is_causal and p.valid is None and attn_mask is None and Nq == Nk:
+                o = _causal_staircase(qt, p.k, p.v, r, pool, dropout_p, scale)
             else:
                 o = F.scaled_dot_product_attention(qt, p.k, p.v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
         else:
