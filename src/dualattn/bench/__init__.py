@@ -10,8 +10,18 @@
 from dualattn.bench.memory import MemorySample, measure_peak_memory
 from dualattn.bench.methods import DEFAULT_METHODS, METHODS, SH_FACTORS, Method, get_method
 from dualattn.bench.results import TargetResult, add_ratios, evaluate_targets, read_csv, write_csv
-from dualattn.bench.runner import BenchConfig, run_benchmark
 from dualattn.bench.timing import Timing, measure
+
+
+
+def __getattr__(name: str):
+    # lazy, so that `python -m dualattn.bench.worker` does not import the worker twice
+    if name in ("BenchConfig", "run_benchmark"):
+        from dualattn.bench import runner
+
+        return getattr(runner, name)
+    raise AttributeError(f"module 'dualattn.bench' has no attribute {name!r}")
+
 
 __all__ = [
     "BenchConfig", "DEFAULT_METHODS", "METHODS", "MemorySample", "Method", "SH_FACTORS", "TargetResult",
