@@ -176,7 +176,7 @@ METHODS: dict[str, Method] = {
         Method("softmax", "softmax (fast)", "fast", "softmax_attention"),
         Method("softmax-ref", "softmax (reference)", "reference", "softmax_attention", materialises=True),
         Method("linear", "linear (fast)", "fast", "linear_attention"),
-        Method("linear-ref", "linear (reference)", "reference", "linear_attention"),
+        Method("linear-ref", "linear (reference)", "reference", "linear_attention", materialises=True),
         Method("bn", "BN (fast)", "fast", "bn_attention"),
         Method("bn-ref", "BN (reference)", "reference", "bn_attention", materialises=True),
         Method("sh", "SH (fast)", "fast", "sh_attention", scaled_heads=True),
