@@ -28,7 +28,7 @@ test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: install
-	$(BIN)/python benchmarks/attention_speed.py
+	$(BIN)/python benchmarks/attention_speed.py --device cpu --threads 2 --mem-cap-gb 4 --repeats 5 --budget-s 10 --out benchmarks/results
 	$(BIN)/python benchmarks/convex_solvers.py
 
 clean:
