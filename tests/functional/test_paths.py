@@ -172,3 +172,26 @@ def test_causal_sh_unpadded_lengths_literal(h, n):
         fn = A.bn_sh_attention if bn else A.sh_attention
         out = fn(q, k, v, factors=[1, 2, 3, 4], is_causal=True)
         torch.testing.assert_close(out, h.literal_sh(q, k, v, [1, 2, 3, 4], causal=True, bn=bn), **TOL)
+
+
+@pytest.mark.parametrize("n", [24, 25])  # 24: every factor divides N (one split+pool node); 25: generic path
+def test_sh_avg_fast_gradients_match_reference(h, n):
+    fs = [1, 1, 2, 3, 4, 4]
+    for fn in (A.sh_attention, A.bn_sh_attention):
+        grads = []
+        for impl in ("fast", "reference"):
+            torch.manual_seed(0)  # the same inputs for both paths
+            q, k, v = h.make_qkv(B=2, H=6, N=n, requires_grad=True)
+            out = fn(q, k, v, factors=fs, impl=impl)
+            out.backward(torch.ones_like(out).cumsum(2))
+            grads.append((out.detach(), q.grad, k.grad, v.grad))
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, **TOL)
+    q, k, v = h.make_qkv(B=1, H=6, N=n, requires_grad=True)
+    names, stack = set(), [A.sh_attention(q, k, v, factors=fs).grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and type(node).__name__ not in names:
+            names.add(type(node).__name__)
+            stack.extend(f for f, _ in node.next_functions)
+    assert ("_SplitAvgPoolBackward" in names) == (n == 24)

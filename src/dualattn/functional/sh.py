@@ -17,7 +17,10 @@ every key the block reads is ``<= i`` (``min((b+1)r, N) - 1 <= i``; for ``"strid
 future. A query with no visible block outputs zeros.
 
 Fast path: heads are grouped by factor and SDPA is called once per group, so no
-``N x N`` tensor exists for groups with ``r > 1``.
+``N x N`` tensor exists for groups with ``r > 1``. With average pooling, no padding and
+``r | N`` for every group, splitting into groups and pooling is one autograd node
+(``_SplitAvgPool``) whose backward writes every group's key/value gradient straight into
+one full-size buffer (no per-group expanded gradients followed by a ``cat``).
 """
 
 from __future__ import annotations
@@ -89,6 +92,48 @@ class Pooled:
 
     def member_w(self):
         return self._member_w() if callable(self._member_w) else self._member_w
+
+
+class _SplitAvgPool(torch.autograd.Function):
+    """``x (B, H, N, D)`` -> per contiguous head group ``g``: ``mean`` over blocks of ``factors[g]`` keys.
+
+    Forward ``P_r(x)_b = (1/r) sum_{t<r} x_{b r + t}`` (a view for ``r = 1``); backward
+    ``dL/dx_{b r + t} = (1/r) dL/dP_r(x)_b``, written into one preallocated gradient.
+    Requires ``N % r == 0`` for every factor.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, sizes: List[int], factors: List[int]):
+        ctx.sizes, ctx.factors, ctx.shape = sizes, factors, x.shape
+        B, _, N, D = x.shape
+        return tuple(
+            part if r == 1 else part.view(B, part.shape[1], N // r, r, D).mean(3)
+            for part, r in zip(x.split(sizes, 1), factors)
+        )
+
+    @staticmethod
+    def backward(ctx, *grads):
+        B, _, N, D = ctx.shape
+        ref = next(g for g in grads if g is not None)
+        gx = torch.empty(ctx.shape, dtype=ref.dtype, device=ref.device)
+        for dst, g, r in zip(gx.split(ctx.sizes, 1), grads, ctx.factors):
+            if g is None:
+                dst.zero_()
+            elif r == 1:
+                dst.copy_(g)
+            else:
+                dst.view(B, dst.shape[1], N // r, r, D).copy_((g / r).unsqueeze(3).expand(-1, -1, -1, r, -1))
+        return gx, None, None
+
+
+def _prepooled_avg(kp: Tensor, vp: Tensor, r: int, Nk: int) -> Pooled:
+    """``Pooled`` for unpadded average pooling with ``r | Nk`` (see ``pool_kv``)."""
+    last = (torch.arange(Nk // r, device=kp.device) + 1) * r - 1
+
+    def mw_avg():
+        return torch.full((1, 1, Nk), 1.0 / r, dtype=kp.dtype, device=kp.device)
+
+    return Pooled(kp, vp, None, last, r, "avg", Nk, mw_avg)
 
 
 def pool_kv(
@@ -268,9 +313,17 @@ def _sh_core(
     outs, weights = [], []
     groups = group_heads(fs)
     order = [h for heads in groups.values() for h in heads]
-    if order == list(range(H)):  # contiguous groups: one split (its backward is a single cat)
+    contiguous = order == list(range(H))
+    prepooled = (path == "fast" and contiguous and pool == "avg" and key_padding_mask is None
+                 and all(Nk % r == 0 for r in groups))
+    if contiguous:  # one split (its backward is a single cat), or split + pool in one node
         sizes = [len(hs) for hs in groups.values()]
-        parts = list(zip(q.split(sizes, 1), k.split(sizes, 1), v.split(sizes, 1)))
+        if prepooled:
+            rs = list(groups)
+            kv = zip(_SplitAvgPool.apply(k, sizes, rs), _SplitAvgPool.apply(v, sizes, rs))
+        else:
+            kv = zip(k.split(sizes, 1), v.split(sizes, 1))
+        parts = [(qg, kg, vg) for qg, (kg, vg) in zip(q.split(sizes, 1), kv)]
     else:
         parts = [(_select(q, hs), _select(k, hs), _select(v, hs)) for hs in groups.values()]
     for (r, heads), (qg, kg, vg) in zip(groups.items(), parts):
@@ -278,7 +331,7 @@ def _sh_core(
         if pool == "conv" and r > 1:
             wk = torch.stack([conv_weight_k[h] for h in heads])
             wv = torch.stack([conv_weight_v[h] for h in heads])
-        p = pool_kv(kg, vg, r, pool, key_padding_mask, wk, wv)
+        p = _prepooled_avg(kg, vg, r, Nk) if prepooled else pool_kv(kg, vg, r, pool, key_padding_mask, wk, wv)
         mask = pooled_mask(p, Nq, is_causal, attn_mask, q.dtype)
         if bn:
             upto = None
