@@ -33,6 +33,18 @@ from ._common import (
 )
 
 
+def var_mean_seq(k: Tensor) -> Tuple[Tensor, Tensor]:
+    """Population variance and mean over the sequence dim: ``mu = mean_j k_j``,
+    ``var = mean_j (k_j - mu)^2`` (two passes, as stable as Welford's update).
+
+    Same result as ``torch.var_mean(k, dim=-2, correction=0, keepdim=True)``, which reduces
+    over the non-innermost dim of ``(B, H, N, D)`` about 10x slower on CPU.
+    """
+    mu = k.mean(dim=-2, keepdim=True)
+    c = k - mu
+    return (c * c).mean(dim=-2, keepdim=True), mu
+
+
 def key_statistics(
     k: Tensor,
     valid: Optional[Tensor] = None,
@@ -61,7 +73,7 @@ def key_statistics(
         w = vb.to(k.dtype)
         kz = k.masked_fill(~vb, 0.0)
     if upto is None and valid is None:
-        var, mu = torch.var_mean(k, dim=-2, correction=0, keepdim=True)
+        var, mu = var_mean_seq(k)
         return mu, var + eps
     if upto is None:
         n = w.sum(dim=-2, keepdim=True)
@@ -110,7 +122,7 @@ class _BNQueryGlobal(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, beta: float, eps: float):
-        var, mu = torch.var_mean(k, dim=-2, correction=0, keepdim=True)
+        var, mu = var_mean_seq(k)
         inv = (var + eps).reciprocal()
         ctx.save_for_backward(q, k, mu, inv)
         ctx.beta = beta
