@@ -44,3 +44,22 @@ def test_cuda_peak_counts_allocator_bytes():
     m = measure_peak_memory(lambda: torch.ones(16 * MB // 4, device="cuda").sum(), device="cuda")
     assert m.method == "cuda-max-allocated"
     assert m.peak_bytes >= 16 * MB
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="glibc mallopt")
+@pytest.mark.parametrize("steady", [False, True])
+def test_steady_state_allocator_keeps_freed_pages(steady):
+    """Timing workers keep freed memory in the process, so no method pays another's page faults."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from dualattn.bench.memory import current_rss_bytes, set_malloc_steady_state\n"
+        f"assert set_malloc_steady_state() if {steady} else True\n"
+        "before = current_rss_bytes()\n"
+        "t = torch.ones(16 * 2**20 // 4); del t\n"
+        "print((current_rss_bytes() - before) / 2**20)\n"
+    )
+    kept_mb = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert (kept_mb > 12) == steady

@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from dualattn.bench.memory import measure_peak_memory
+from dualattn.bench.memory import measure_peak_memory, set_malloc_steady_state
 from dualattn.bench.methods import get_method
 from dualattn.bench.timing import Timing, timed_call
 
@@ -173,6 +173,8 @@ def run_timing(cases: Sequence[Case], plan: TimingPlan, first_call_s: Sequence[f
     firsts = list(first_call_s) if first_call_s is not None else [None] * len(cases)
     if len(firsts) != len(cases):
         raise ValueError(f"first_call_s: expected {len(cases)} values, got {len(firsts)}")
+    if any(c.device == "cpu" for c in cases):
+        set_malloc_steady_state()
     reuse = plan.reuse_first_call_s is not None and all(f is not None and f >= plan.reuse_first_call_s for f in firsts)
     results: dict[str, dict[str, Any]] = {}
     samples: dict[str, list[float]] = {}
