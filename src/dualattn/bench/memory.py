@@ -79,8 +79,8 @@ def set_malloc_steady_state() -> bool:
     glibc ``M_TRIM_THRESHOLD = 2 GiB - 1`` and ``M_MMAP_THRESHOLD = 32 MiB`` (its maximum), so
     a call reuses pages that earlier calls freed instead of faulting in fresh ones: the steady
     state of a training loop, and what torch's caching allocator does on CUDA. Without it,
-    round-robin timing charges a method for page faults on memory that the previously timed
-    method returned to the OS (measured: BN 1.29x vs 0.97x SDPA at N=4096, same code).
+    round-robin timing can charge a method for page faults on memory that the previously
+    timed method returned to the OS.
     """
     libc = _libc()
     if libc is None or not hasattr(libc, "mallopt"):
