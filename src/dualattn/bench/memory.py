@@ -63,13 +63,14 @@ def _libc():
         return None
 
 
-def set_malloc_mmap_threshold(nbytes: int) -> bool:
-    """glibc ``mallopt(M_MMAP_THRESHOLD, n)`` and ``M_TRIM_THRESHOLD = 2n``; False if unsupported."""
+def set_malloc_mmap_threshold(nbytes: int, trim_bytes: int | None = None) -> bool:
+    """glibc ``mallopt(M_MMAP_THRESHOLD, n)`` and ``M_TRIM_THRESHOLD = trim_bytes`` (default
+    ``2n``); False if unsupported."""
     libc = _libc()
     if libc is None or not hasattr(libc, "mallopt"):
         return False
     ok = libc.mallopt(_M_MMAP_THRESHOLD, int(nbytes)) == 1
-    ok &= libc.mallopt(_M_TRIM_THRESHOLD, int(2 * nbytes)) == 1
+    ok &= libc.mallopt(_M_TRIM_THRESHOLD, int(2 * nbytes if trim_bytes is None else trim_bytes)) == 1
     return bool(ok)
 
 
@@ -82,12 +83,7 @@ def set_malloc_steady_state() -> bool:
     round-robin timing can charge a method for page faults on memory that the previously
     timed method returned to the OS.
     """
-    libc = _libc()
-    if libc is None or not hasattr(libc, "mallopt"):
-        return False
-    ok = libc.mallopt(_M_MMAP_THRESHOLD, DEFAULT_MMAP_THRESHOLD) == 1
-    ok &= libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
-    return bool(ok)
+    return set_malloc_mmap_threshold(DEFAULT_MMAP_THRESHOLD, trim_bytes=2**31 - 1)
 
 
 def malloc_trim() -> bool:

@@ -112,14 +112,11 @@ class _SplitAvgPool(torch.autograd.Function):
         )
 
     @staticmethod
-    def backward(ctx, *grads):
+    def backward(ctx, *grads):  # autograd materialises unused outputs' grads as zeros
         B, _, N, D = ctx.shape
-        ref = next(g for g in grads if g is not None)
-        gx = torch.empty(ctx.shape, dtype=ref.dtype, device=ref.device)
+        gx = grads[0].new_empty(ctx.shape)
         for dst, g, r in zip(gx.split(ctx.sizes, 1), grads, ctx.factors):
-            if g is None:
-                dst.zero_()
-            elif r == 1:
+            if r == 1:
                 dst.copy_(g)
             else:
                 dst.view(B, dst.shape[1], N // r, r, D).copy_((g / r).unsqueeze(3).expand(-1, -1, -1, r, -1))
