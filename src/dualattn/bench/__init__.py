@@ -5,26 +5,34 @@
 ``METHODS`` (benchmarked attention implementations), ``BenchConfig`` and
 ``run_benchmark`` (the sweep behind ``benchmarks/attention_speed.py`` and
 ``dualattn bench attention``), ``evaluate_targets`` (the issue's targets).
+
+Names are imported lazily from their submodules, so that ``import dualattn.bench``
+(and ``python -m dualattn.bench.worker``) does not pull in torch before it is needed.
 """
 
-from dualattn.bench.memory import MemorySample, measure_peak_memory
-from dualattn.bench.methods import DEFAULT_METHODS, METHODS, SH_FACTORS, Method, get_method
-from dualattn.bench.results import TargetResult, add_ratios, evaluate_targets, read_csv, write_csv
-from dualattn.bench.timing import Timing, measure
+from __future__ import annotations
 
+import importlib
+
+_SOURCES = {
+    "MemorySample": "memory", "measure_peak_memory": "memory",
+    "DEFAULT_METHODS": "methods", "METHODS": "methods", "SH_FACTORS": "methods", "Method": "methods",
+    "get_method": "methods",
+    "TargetResult": "results", "add_ratios": "results", "evaluate_targets": "results", "read_csv": "results",
+    "write_csv": "results",
+    "Timing": "timing", "measure": "timing",
+    "BenchConfig": "runner", "run_benchmark": "runner",
+}
 
 
 def __getattr__(name: str):
-    # lazy, so that `python -m dualattn.bench.worker` does not import the worker twice
-    if name in ("BenchConfig", "run_benchmark"):
-        from dualattn.bench import runner
-
-        return getattr(runner, name)
+    if name in _SOURCES:
+        return getattr(importlib.import_module(f"dualattn.bench.{_SOURCES[name]}"), name)
     raise AttributeError(f"module 'dualattn.bench' has no attribute {name!r}")
 
 
-__all__ = [
-    "BenchConfig", "DEFAULT_METHODS", "METHODS", "MemorySample", "Method", "SH_FACTORS", "TargetResult",
-    "Timing", "add_ratios", "evaluate_targets", "get_method", "measure", "measure_peak_memory",
-    "read_csv", "run_benchmark", "write_csv",
-]
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_SOURCES))
+
+
+__all__ = sorted(_SOURCES)

@@ -1,12 +1,18 @@
-"""`dualattn data prepare|list`: build, cache and inspect datasets."""
+"""`dualattn data prepare|list`: build, cache and inspect datasets.
+
+Mounted lazily: ``dualattn.data`` (torch, numpy) is imported only when a data
+command or ``dualattn data --help`` runs.
+"""
 
 from __future__ import annotations
 
 import typer
 
+from dualattn.commands import lazy_group
+
+HELP = "Prepare and inspect dualattn datasets."
+
 
 def register(app: typer.Typer) -> None:
     """Mount the data tool (``dualattn.data.prepare.app``) as ``dualattn data``."""
-    from dualattn.data.prepare import app as data_app
-
-    app.add_typer(data_app, name="data", help="Prepare and inspect dualattn datasets.")
+    app.add_typer(lazy_group("dualattn.data.prepare:app", HELP), name="data")
