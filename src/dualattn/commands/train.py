@@ -43,9 +43,16 @@ def register(app: typer.Typer) -> None:
         except ConfigError as exc:
             _fail(str(exc))
         from dualattn.train.module import NonFiniteLossError
-        from dualattn.train.run import RunError, default_run_dir, is_rank_zero, train_run
+        from dualattn.train.run import RunError, default_run_dir, is_rank_zero, resume_checkpoint, train_run
 
         rd = run_dir or default_run_dir(cfg, out)
+        if resume and is_rank_zero():
+            ckpt = resume_checkpoint(rd)
+            if ckpt.is_file():
+                typer.echo(f"resuming from {ckpt}", err=True)
+            else:
+                typer.secho(f"note: --resume given but {ckpt} does not exist; starting {rd} from scratch",
+                            fg="yellow", err=True)
         try:
             summary = train_run(cfg, rd, resume=resume)
         except (ConfigError, DataError, RunError) as exc:

@@ -10,6 +10,7 @@ from . import pathfinder as _pathfinder  # noqa: F401  (registers "pathfinder", 
 from . import uea as _uea  # noqa: F401  (registers UEA names)
 from .base import (
     SPLITS,
+    CacheDirError,
     SequenceData,
     available_datasets,
     load_dataset,
@@ -20,6 +21,7 @@ from .loaders import make_dataloaders, trim_collate
 
 __all__ = [
     "SPLITS",
+    "CacheDirError",
     "SequenceData",
     "available_datasets",
     "load_dataset",

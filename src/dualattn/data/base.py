@@ -241,12 +241,39 @@ def load_dataset(
 # --------------------------------------------------------------------------- #
 # Caching
 # --------------------------------------------------------------------------- #
+class CacheDirError(OSError):
+    """The dataset cache folder cannot be created or written; the message names it and its source."""
+
+
+_WRITABLE_CACHE_DIRS: set[Path] = set()
+
+
 def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
-    """``cache_dir`` if given, else ``$DUALATTN_CACHE``, else ``~/.cache/dualattn``."""
-    if cache_dir is None:
-        cache_dir = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "dualattn"
+    """``cache_dir`` if given, else ``$DUALATTN_CACHE``, else ``~/.cache/dualattn``.
+
+    The folder is created and checked to be writable (once per process);
+    otherwise :class:`CacheDirError` names it and where it came from.
+    """
+    if cache_dir is not None:
+        source = "cache_dir"
+    elif os.environ.get(CACHE_ENV):
+        cache_dir, source = os.environ[CACHE_ENV], f"${CACHE_ENV}"
+    else:
+        cache_dir, source = Path.home() / ".cache" / "dualattn", "the default"
     path = Path(cache_dir).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
+    if path in _WRITABLE_CACHE_DIRS:
+        return path
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-probe")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        hint = f"set {CACHE_ENV} to a writable folder" if source != "cache_dir" else "pass a writable cache_dir"
+        raise CacheDirError(
+            f"dataset cache folder {path} ({source}) is not writable ({exc.strerror or type(exc).__name__}); {hint}"
+        ) from None
+    _WRITABLE_CACHE_DIRS.add(path)
     return path
 
 

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import typer
 
-from .base import SPLITS, SequenceData, available_datasets, load_dataset
+from .base import SPLITS, CacheDirError, SequenceData, available_datasets, load_dataset
 
 app = typer.Typer(help="Prepare and inspect dualattn datasets.", no_args_is_help=True, add_completion=False)
 
@@ -73,7 +73,7 @@ def prepare_cmd(
 
     try:
         data = prepare(name, root=root, cache_dir=cache_dir, seed=seed, **parse_options(option))
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, FileNotFoundError, CacheDirError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     table = Table(title=f"{name} (seed {seed})")

@@ -34,6 +34,7 @@ from dualattn.train.callbacks import (
 )
 from dualattn.train.config import RunConfig, dump_config
 from dualattn.train.data import Splits, load_splits, make_loader
+from dualattn.train.lock import RunDirLock, RunDirLocked, RunDirNotWritable
 from dualattn.train.metrics import PeakMemory, count_parameters, estimate_flops, head_redundancy, saved_activation_mb
 from dualattn.train.module import ClassifierModule, NonFiniteLossError
 
@@ -183,6 +184,28 @@ def attention_stats(module: ClassifierModule, ds, n: int, device: torch.device) 
     return red, sample
 
 
+def resume_checkpoint(run_dir: str | Path) -> Path:
+    """``run_dir/checkpoints/last.ckpt``, the checkpoint ``--resume`` continues from."""
+    return Path(run_dir) / "checkpoints" / "last.ckpt"
+
+
+def check_checkpoint_readable(path: Path) -> None:
+    """Load ``path`` once; a truncated/corrupt file raises a one-line :class:`RunError` naming it."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises RuntimeError/EOFError/UnpicklingError/... with long messages
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise RunError(
+            f"cannot resume: checkpoint {path} is unreadable (truncated or corrupt: {reason}); "
+            f"delete it to restart this run from scratch, or train without --resume into a new --run-dir"
+        ) from None
+    if not isinstance(state, dict) or "state_dict" not in state or "epoch" not in state:
+        raise RunError(
+            f"cannot resume: {path} is not a dualattn/Lightning training checkpoint (no state_dict/epoch); "
+            "delete it to restart this run from scratch, or train without --resume into a new --run-dir"
+        )
+
+
 def train_run(
     cfg: RunConfig,
     run_dir: str | Path,
@@ -196,22 +219,45 @@ def train_run(
     ``resume=True`` continues from ``run_dir/checkpoints/last.ckpt`` (epoch,
     weights, optimizer, scheduler, early-stopping state and RNG states), giving
     the same result as an uninterrupted run with the same seed.
-    Raises :class:`RunError` (bad setup), ``NonFiniteLossError`` (NaN/inf loss;
-    ``summary.json`` records ``status: failed``) or the interrupting exception.
+    One process at a time trains into a folder: rank 0 holds an OS lock on
+    ``run_dir/.lock`` (:class:`~dualattn.train.lock.RunDirLock`) for the whole run.
+    Raises :class:`RunError` (bad setup, folder locked or not writable, unreadable
+    checkpoint), ``NonFiniteLossError`` (NaN/inf loss; ``summary.json`` records
+    ``status: failed``) or the interrupting exception.
     """
+    run_dir = Path(run_dir)
+    lock = RunDirLock(run_dir) if is_rank_zero() else None
+    if lock is not None:
+        try:
+            lock.acquire()
+        except (RunDirLocked, RunDirNotWritable) as exc:
+            raise RunError(str(exc)) from None
+    try:
+        return _train_run_locked(cfg, run_dir, resume=resume, splits=splits, progress=progress)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_run_locked(
+    cfg: RunConfig, run_dir: Path, *, resume: bool, splits: Splits | None, progress: str | None
+) -> dict[str, Any]:
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-    run_dir = Path(run_dir)
+    from dualattn.data.base import CacheDirError
+
     ckpt_dir = run_dir / "checkpoints"
-    last = ckpt_dir / "last.ckpt"
+    last = resume_checkpoint(run_dir)
     rank0 = is_rank_zero()
     if resume:
         _check_resume_compatible(run_dir, cfg)
+        if last.exists():
+            check_checkpoint_readable(last)
     elif last.exists():
         raise RunError(f"{run_dir} already holds a training run; pass --resume to continue it or use a new run dir")
     notes: list[str] = []
     if resume and not last.exists():
-        notes.append("--resume given but no checkpoint found; started from scratch")
+        notes.append(f"--resume given but {last} does not exist; started from scratch")
     accelerator = _accelerator(cfg)
     precision = _precision(cfg, accelerator, notes)
     device = torch.device("cuda" if accelerator == "gpu" else "cpu")
@@ -220,7 +266,10 @@ def train_run(
         torch.set_num_threads(cfg.trainer.num_threads)
 
     # ---- everything that can fail fast ------------------------------------------------
-    splits = splits if splits is not None else load_splits(cfg.data)
+    try:
+        splits = splits if splits is not None else load_splits(cfg.data)
+    except CacheDirError as exc:
+        raise RunError(str(exc)) from None
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     try:
         module = ClassifierModule(
