@@ -3,7 +3,9 @@
 * :class:`SequenceData` - the one dataset type every loader returns
   (contract in ``docs/architecture.md``).
 * Registry: :func:`register_dataset` / :func:`load_dataset`.
-* Disk cache: :func:`resolve_cache_dir`, :func:`params_hash`, :func:`save_npz_atomic`.
+* Disk cache: :func:`resolve_cache_dir`, :func:`params_hash`, :func:`file_stat_key`,
+  :func:`save_npz_atomic`, and the resumable chunk cache of the generators
+  (:func:`cached_chunks`, :func:`build_from_chunks`).
 * Splits and normalisation: :func:`stratified_split`, :func:`channel_stats`,
   :func:`apply_stats`.
 """
@@ -11,10 +13,12 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -281,6 +285,68 @@ def params_hash(params: dict[str, Any], n: int = 16) -> str:
     """Stable short hex digest of a JSON-serialisable parameter dict."""
     blob = json.dumps(params, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:n]
+
+
+def file_stat_key(paths: Sequence[Path], **extra: Any) -> str:
+    """Cache key of parsed source files: their resolved paths, sizes and mtimes (plus ``extra``)."""
+    return params_hash({**extra, "files": [(str(Path(p).resolve()), Path(p).stat().st_size,
+                                           Path(p).stat().st_mtime_ns) for p in paths]})
+
+
+Chunk = dict[str, np.ndarray]
+
+
+def cached_chunks(
+    chunk_dir: Path,
+    make_chunk: Callable[[int], Chunk],
+    *,
+    count: int | None = None,
+    is_valid: Callable[[int, Chunk], bool] | None = None,
+) -> Iterator[Chunk]:
+    """Chunks ``0, 1, ...`` (``count`` of them, or until the consumer stops).
+
+    Chunk ``i`` is read from ``chunk_dir/chunk{i:05d}.npz``; when that file is
+    missing, unreadable or fails ``is_valid(i, chunk)``, ``make_chunk(i)`` builds
+    it and it is saved (atomically) before it is yielded. So an interrupted
+    generation resumes at the first chunk that was not finished.
+    """
+    for index in itertools.count() if count is None else range(count):
+        path = chunk_dir / f"chunk{index:05d}.npz"
+        data = load_npz(path)
+        if data is None or (is_valid is not None and not is_valid(index, data)):
+            data = make_chunk(index)
+            save_npz_atomic(path, **data)
+        yield data
+
+
+def build_from_chunks(
+    final: Path,
+    make_chunk: Callable[[int], Chunk],
+    assemble: Callable[[Iterator[Chunk]], Chunk],
+    *,
+    count: int | None = None,
+    is_valid: Callable[[int, Chunk], bool] | None = None,
+) -> Chunk:
+    """The arrays cached in ``final`` (``.npz``), built on a miss from resumable chunks.
+
+    On a miss ``assemble`` consumes :func:`cached_chunks` (chunk files live in
+    ``final`` with suffix ``.chunks``) and returns the finished arrays; they are
+    saved to ``final`` and the chunk folder is removed. When ``assemble`` raises
+    ``ValueError`` (the parameters cannot give the data set) the chunks are
+    removed as well, since a rerun with the same parameters would fail the same way.
+    """
+    hit = load_npz(final)
+    if hit is not None:
+        return hit
+    chunk_dir = final.with_suffix(".chunks")
+    try:
+        out = assemble(cached_chunks(chunk_dir, make_chunk, count=count, is_valid=is_valid))
+    except ValueError:
+        shutil.rmtree(chunk_dir, ignore_errors=True)
+        raise
+    save_npz_atomic(final, **out)
+    shutil.rmtree(chunk_dir, ignore_errors=True)
+    return out
 
 
 def save_npz_atomic(path: str | os.PathLike, **arrays: np.ndarray) -> Path:

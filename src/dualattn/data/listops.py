@@ -22,11 +22,12 @@ the finished data set is cached as one ``.npz`` keyed by a parameter hash.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import os
 import random
-import shutil
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,8 @@ from tqdm.auto import tqdm
 
 from .base import (
     SequenceData,
+    build_from_chunks,
+    file_stat_key,
     load_npz,
     params_hash,
     register_dataset,
@@ -54,6 +57,8 @@ OP_PROB = 0.25  # LRA VALUE_P: P(operator) at depth < max_depth
 _DIGIT0 = TOKEN_ID["0"]
 _OP0 = TOKEN_ID["[MIN"]
 _CACHE_VERSION = 1
+_LRA_CACHE_VERSION = 1
+LISTOPS_FILES = {"train": "basic_train.tsv", "val": "basic_val.tsv", "test": "basic_test.tsv"}
 
 
 @dataclass(frozen=True)
@@ -234,56 +239,46 @@ def generate_listops(
     train, the next ``n_val`` val, then ``n_test`` test.
     """
     cfg.validate()
-    params = {"v": _CACHE_VERSION, "seed": int(seed), **asdict(cfg)}
-    key = params_hash(params)
-    root = resolve_cache_dir(cache_dir) / "listops"
-    final = root / f"listops-{key}.npz"
-    hit = load_npz(final)
-    if hit is not None:
-        return hit
+    key = params_hash({"v": _CACHE_VERSION, "seed": int(seed), **asdict(cfg)})
+    final = resolve_cache_dir(cache_dir) / "listops" / f"listops-{key}.npz"
     total = cfg.n_train + cfg.n_val + cfg.n_test
-    chunk_dir = root / f"listops-{key}.chunks"
-    seen: set[bytes] = set()
-    keep_tok, keep_len, keep_lab = [], [], []
-    count, chunk = 0, 0
-    bar = tqdm(total=total, desc=f"ListOps (seed {seed})", disable=not progress, unit="seq")
-    while count < total:
-        cpath = chunk_dir / f"chunk{chunk:05d}.npz"
-        data = load_npz(cpath)
-        if data is None:
-            t, ln, lab = generate_chunk(cfg, seed, chunk, cfg.chunk_size)
-            data = {"tokens": t, "lengths": ln, "labels": lab}
-            save_npz_atomic(cpath, **data)
-        for row, ln, lab in zip(data["tokens"], data["lengths"], data["labels"]):
-            digest = hashlib.blake2b(row[:ln].tobytes(), digest_size=16).digest()
-            if digest in seen:
-                continue
-            seen.add(digest)
-            keep_tok.append(row)
-            keep_len.append(ln)
-            keep_lab.append(lab)
-            count += 1
-            bar.update(1)
-            if count == total:
-                break
-        chunk += 1
-        if count < total and chunk > 50 + 50 * (total // cfg.chunk_size + 1):
-            bar.close()
-            shutil.rmtree(chunk_dir, ignore_errors=True)
-            raise ValueError(
-                f"ListOps: found only {count} of {total} distinct expressions with {cfg}; "
-                "increase max_len/max_depth/max_args or reduce n_train/n_val/n_test"
-            )
-    bar.close()
-    out = {
-        "tokens": np.stack(keep_tok).astype(np.uint8),
-        "lengths": np.asarray(keep_len, dtype=np.int64),
-        "labels": np.asarray(keep_lab, dtype=np.int64),
-        "sizes": np.array([cfg.n_train, cfg.n_val, cfg.n_test], dtype=np.int64),
-    }
-    save_npz_atomic(final, **out)
-    shutil.rmtree(chunk_dir, ignore_errors=True)
-    return out
+    max_chunks = 50 + 50 * (total // cfg.chunk_size + 1)
+
+    def make_chunk(index: int) -> dict[str, np.ndarray]:
+        t, ln, lab = generate_chunk(cfg, seed, index, cfg.chunk_size)
+        return {"tokens": t, "lengths": ln, "labels": lab}
+
+    def assemble(chunks) -> dict[str, np.ndarray]:
+        seen: set[bytes] = set()
+        keep_tok, keep_len, keep_lab = [], [], []
+        with tqdm(total=total, desc=f"ListOps (seed {seed})", disable=not progress, unit="seq") as bar:
+            for n_chunks, data in enumerate(chunks, start=1):
+                for row, ln, lab in zip(data["tokens"], data["lengths"], data["labels"]):
+                    digest = hashlib.blake2b(row[:ln].tobytes(), digest_size=16).digest()
+                    if digest in seen:
+                        continue
+                    seen.add(digest)
+                    keep_tok.append(row)
+                    keep_len.append(ln)
+                    keep_lab.append(lab)
+                    bar.update(1)
+                    if len(keep_lab) == total:
+                        break
+                if len(keep_lab) == total:
+                    break
+                if n_chunks > max_chunks:
+                    raise ValueError(
+                        f"ListOps: found only {len(keep_lab)} of {total} distinct expressions with {cfg}; "
+                        "increase max_len/max_depth/max_args or reduce n_train/n_val/n_test"
+                    )
+        return {
+            "tokens": np.stack(keep_tok).astype(np.uint8),
+            "lengths": np.asarray(keep_len, dtype=np.int64),
+            "labels": np.asarray(keep_lab, dtype=np.int64),
+            "sizes": np.array([cfg.n_train, cfg.n_val, cfg.n_test], dtype=np.int64),
+        }
+
+    return build_from_chunks(final, make_chunk, assemble)
 
 
 def listops_split(data: dict[str, np.ndarray], split: str, name: str, meta: dict[str, Any]) -> SequenceData:
@@ -325,13 +320,11 @@ def load_listops(
 
     ``options`` override the preset's :class:`ListOpsConfig` fields. With
     ``root=`` a folder holding LRA's ``basic_{train,val,test}.tsv`` the official
-    files are loaded instead (see :mod:`dualattn.data.lra`).
+    files are loaded instead (see :func:`load_lra_listops`).
     """
     if preset not in PRESETS:
         raise ValueError(f"preset: expected one of {sorted(PRESETS)}, got {preset!r}")
     if root is not None:
-        from .lra import load_lra_listops
-
         return load_lra_listops(split, root=root, cache_dir=cache_dir, **options)
     fields = set(ListOpsConfig.__dataclass_fields__)
     unknown = {k: v for k, v in options.items() if k not in fields}
@@ -339,3 +332,103 @@ def load_listops(
     cfg = ListOpsConfig(**{**PRESETS[preset], **options}).validate()
     data = generate_listops(cfg, seed, cache_dir, progress=progress)
     return listops_split(data, split, preset, {"config": asdict(cfg), "seed": seed})
+
+
+# --------------------------------------------------------------------------- #
+# Official LRA ListOps files
+# --------------------------------------------------------------------------- #
+def find_listops_dir(root: str | os.PathLike) -> Path:
+    """Folder holding the three ``basic_*.tsv`` files; FileNotFoundError naming the missing ones."""
+    root = Path(root).expanduser()
+    candidates = [root, root / "listops-1000", root / "lra_release" / "listops-1000"]
+    for base in candidates:
+        if all((base / f).is_file() for f in LISTOPS_FILES.values()):
+            return base
+    best = next((b for b in candidates if any((b / f).is_file() for f in LISTOPS_FILES.values())), root)
+    missing = [str(best / f) for f in LISTOPS_FILES.values() if not (best / f).is_file()]
+    raise FileNotFoundError(
+        f"LRA ListOps files not found: missing {', '.join(missing)} "
+        f"(looked in {', '.join(str(c) for c in candidates)})"
+    )
+
+
+def read_listops_tsv(path: Path, keep_parens: bool, cache_dir: Any = None, cache: bool = True) -> dict[str, np.ndarray]:
+    """Parse one TSV into ``ids`` (flat int16), ``lengths`` and ``labels``; cached."""
+    cfile = None
+    if cache:
+        cfile = resolve_cache_dir(cache_dir) / "lra" / f"{path.stem}-{file_stat_key([path], v=_LRA_CACHE_VERSION, parens=keep_parens)}.npz"
+        hit = load_npz(cfile)
+        if hit is not None:
+            return hit
+    ids: list[int] = []
+    lengths, labels = [], []
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh, delimiter="\t")
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:2]] != ["Source", "Target"]:
+            raise ValueError(f"{path}: expected a header 'Source<TAB>Target', got {header!r}")
+        for line_no, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) < 2:
+                raise ValueError(f"{path}:{line_no}: expected 2 tab-separated columns, got {len(row)}")
+            try:
+                toks = encode(row[0], keep_parens=keep_parens)
+                label = int(row[1])
+            except ValueError as exc:
+                raise ValueError(f"{path}:{line_no}: {exc}") from exc
+            if not 0 <= label <= 9:
+                raise ValueError(f"{path}:{line_no}: Target must be 0..9, got {label}")
+            if not toks:
+                raise ValueError(f"{path}:{line_no}: empty Source")
+            ids.extend(toks)
+            lengths.append(len(toks))
+            labels.append(label)
+    if not labels:
+        raise ValueError(f"{path}: no examples")
+    out = {
+        "ids": np.asarray(ids, dtype=np.int16),
+        "lengths": np.asarray(lengths, dtype=np.int64),
+        "labels": np.asarray(labels, dtype=np.int64),
+    }
+    if cfile is not None:
+        save_npz_atomic(cfile, **out)
+    return out
+
+
+def load_lra_listops(
+    split: str,
+    *,
+    root: str | os.PathLike,
+    cache_dir: Any = None,
+    keep_parens: bool = False,
+    max_len: int | None = None,
+    truncate: bool = False,
+    cache: bool = True,
+    **options: Any,
+) -> SequenceData:
+    """Official LRA ListOps split as token ids padded to a common length (see module doc)."""
+    reject_options("listops (LRA files)", options)
+    if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1):
+        raise ValueError(f"max_len: expected a positive int or None, got {max_len!r}")
+    base = find_listops_dir(root)
+    parsed = {s: read_listops_tsv(base / f, keep_parens, cache_dir, cache) for s, f in LISTOPS_FILES.items()}
+    longest = max(int(p["lengths"].max()) for p in parsed.values())
+    t = longest if max_len is None else max_len
+    if longest > t and not truncate:
+        raise ValueError(
+            f"max_len={max_len} is shorter than the longest LRA ListOps sequence ({longest} tokens); "
+            "pass truncate=True to crop explicitly or raise max_len"
+        )
+    p = parsed[split]
+    n = len(p["labels"])
+    tokens = np.zeros((n, t), dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(p["lengths"])])
+    lengths = np.minimum(p["lengths"], t)
+    for i in range(n):
+        tokens[i, : lengths[i]] = p["ids"][offsets[i] : offsets[i] + lengths[i]]
+    mask = np.arange(t)[None, :] < lengths[:, None]
+    return SequenceData(
+        tokens, mask, p["labels"], CLASSES, vocab_size=VOCAB_SIZE, name="listops", split=split,
+        meta={"source": str(base / LISTOPS_FILES[split]), "vocab": VOCAB, "longest": longest},
+    )

@@ -28,9 +28,10 @@ with ``vocab_size=256`` (every step is real: the mask is all True).
 from __future__ import annotations
 
 import os
-import shutil
-from functools import lru_cache
+import re
 from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,7 +40,10 @@ from tqdm.auto import tqdm
 from .base import (
     SequenceData,
     apply_stats,
+    build_from_chunks,
     channel_stats,
+    check_fraction,
+    file_stat_key,
     load_npz,
     params_hash,
     register_dataset,
@@ -53,6 +57,12 @@ STEP = 0.5  # px between successive centre-line points
 RHO = 0.9  # persistence of the angular velocity
 CLASSES = ["disconnected", "connected"]
 _CACHE_VERSION = 1
+_LRA_CACHE_VERSION = 1
+PATHFINDER_DIFFICULTY = {
+    "easy": "curv_baseline",
+    "intermediate": "curv_contour_length_9",
+    "hard": "curv_contour_length_14",
+}
 
 
 @dataclass(frozen=True)
@@ -235,35 +245,32 @@ def generate_pathfinder(
     """All splits (``images, labels, sizes``), cached as one ``.npz``; chunks make it resumable."""
     cfg.validate()
     key = params_hash({"v": _CACHE_VERSION, "seed": int(seed), **asdict(cfg)})
-    root = resolve_cache_dir(cache_dir) / "pathfinder"
-    final = root / f"pathfinder-{key}.npz"
-    hit = load_npz(final)
-    if hit is not None:
-        return hit
+    final = resolve_cache_dir(cache_dir) / "pathfinder" / f"pathfinder-{key}.npz"
     total = cfg.n_train + cfg.n_val + cfg.n_test
-    chunk_dir = root / f"pathfinder-{key}.chunks"
-    imgs, labs = [], []
-    bar = tqdm(total=total, desc=f"Pathfinder (seed {seed})", disable=not progress, unit="img")
-    for c in range(-(-total // cfg.chunk_size)):
-        n = min(cfg.chunk_size, total - c * cfg.chunk_size)
-        cpath = chunk_dir / f"chunk{c:05d}.npz"
-        data = load_npz(cpath)
-        if data is None or len(data["labels"]) != n:
-            im, lab = generate_chunk(cfg, seed, c, n)
-            data = {"images": im, "labels": lab}
-            save_npz_atomic(cpath, **data)
-        imgs.append(data["images"])
-        labs.append(data["labels"])
-        bar.update(n)
-    bar.close()
-    out = {
-        "images": np.concatenate(imgs),
-        "labels": np.concatenate(labs),
-        "sizes": np.array([cfg.n_train, cfg.n_val, cfg.n_test], dtype=np.int64),
-    }
-    save_npz_atomic(final, **out)
-    shutil.rmtree(chunk_dir, ignore_errors=True)
-    return out
+    n_chunks = -(-total // cfg.chunk_size)
+
+    def chunk_len(index: int) -> int:
+        return min(cfg.chunk_size, total - index * cfg.chunk_size)
+
+    def make_chunk(index: int) -> dict[str, np.ndarray]:
+        im, lab = generate_chunk(cfg, seed, index, chunk_len(index))
+        return {"images": im, "labels": lab}
+
+    def assemble(chunks) -> dict[str, np.ndarray]:
+        imgs, labs = [], []
+        with tqdm(total=total, desc=f"Pathfinder (seed {seed})", disable=not progress, unit="img") as bar:
+            for data in chunks:
+                imgs.append(data["images"])
+                labs.append(data["labels"])
+                bar.update(len(data["labels"]))
+        return {
+            "images": np.concatenate(imgs),
+            "labels": np.concatenate(labs),
+            "sizes": np.array([cfg.n_train, cfg.n_val, cfg.n_test], dtype=np.int64),
+        }
+
+    return build_from_chunks(final, make_chunk, assemble, count=n_chunks,
+                             is_valid=lambda index, data: len(data["labels"]) == chunk_len(index))
 
 
 def images_to_sequences(
@@ -322,13 +329,11 @@ def load_pathfinder(
     """Generated Pathfinder split; ``options`` override :class:`PathfinderConfig` fields.
 
     With ``root=`` the official LRA Pathfinder files are read instead
-    (see :func:`dualattn.data.lra.load_lra_pathfinder`).
+    (see :func:`load_lra_pathfinder`).
     """
     if preset not in PRESETS:
         raise ValueError(f"preset: expected one of {sorted(PRESETS)}, got {preset!r}")
     if root is not None:
-        from .lra import load_lra_pathfinder
-
         return load_lra_pathfinder(split, root=root, cache_dir=cache_dir, seed=seed, as_tokens=as_tokens,
                                    normalize=normalize, **options)
     fields = set(PathfinderConfig.__dataclass_fields__)
@@ -358,3 +363,117 @@ def _load_pf(name: str, split: str, **kw: Any) -> SequenceData:
 @register_dataset("pathfinder-small")
 def _load_pf_small(name: str, split: str, **kw: Any) -> SequenceData:
     return load_pathfinder(split, preset="pathfinder-small", **kw)
+
+
+# --------------------------------------------------------------------------- #
+# Official LRA Pathfinder files
+# --------------------------------------------------------------------------- #
+def find_pathfinder_dir(root: str | os.PathLike, difficulty: str, resolution: int) -> Path:
+    """Folder with ``metadata/``; FileNotFoundError listing the folders tried."""
+    sub = PATHFINDER_DIFFICULTY.get(difficulty, difficulty)
+    if sub not in PATHFINDER_DIFFICULTY.values():
+        raise ValueError(
+            f"difficulty: expected one of {sorted(PATHFINDER_DIFFICULTY) + sorted(PATHFINDER_DIFFICULTY.values())}, "
+            f"got {difficulty!r}"
+        )
+    root = Path(root).expanduser()
+    res = f"pathfinder{resolution}"
+    candidates = [root / res / sub, root / "lra_release" / res / sub, root / sub, root]
+    for base in candidates:
+        if (base / "metadata").is_dir():
+            return base
+    raise FileNotFoundError(
+        f"LRA Pathfinder metadata folder not found; expected one of: "
+        f"{', '.join(str(c / 'metadata') for c in candidates)}"
+    )
+
+
+def _numeric_key(p: Path) -> tuple[int, str]:
+    m = re.match(r"\d+", p.stem)
+    return (int(m.group()) if m else 1 << 62, p.name)
+
+
+def read_pathfinder_dir(base: Path, resolution: int, cache_dir: Any = None, cache: bool = True,
+                        progress: bool = True) -> dict[str, np.ndarray]:
+    """All images (uint8 ``(n, res, res)``) and labels listed by ``base/metadata/*.npy``, in order."""
+    metas = sorted((base / "metadata").glob("*.npy"), key=_numeric_key)
+    if not metas:
+        raise FileNotFoundError(f"no metadata files {base / 'metadata' / '*.npy'}")
+    cfile = None
+    if cache:
+        cfile = resolve_cache_dir(cache_dir) / "lra" / f"pathfinder-{file_stat_key(metas, v=_LRA_CACHE_VERSION, res=resolution)}.npz"
+        hit = load_npz(cfile)
+        if hit is not None:
+            return hit
+    from PIL import Image
+
+    entries: list[tuple[Path, int]] = []
+    for meta in metas:
+        for line_no, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) < 4:
+                raise ValueError(f"{meta}:{line_no}: expected >= 4 space-separated fields, got {line!r}")
+            try:
+                label = int(fields[3])
+            except ValueError as exc:
+                raise ValueError(f"{meta}:{line_no}: label field {fields[3]!r} is not an integer") from exc
+            if label not in (0, 1):
+                raise ValueError(f"{meta}:{line_no}: label must be 0 or 1, got {label}")
+            entries.append((base / fields[0] / fields[1], label))
+    if not entries:
+        raise ValueError(f"{base / 'metadata'}: no examples listed")
+    images = np.empty((len(entries), resolution, resolution), dtype=np.uint8)
+    for i, (path, _) in enumerate(tqdm(entries, desc="Pathfinder PNGs", disable=not progress, unit="img")):
+        if not path.is_file():
+            raise FileNotFoundError(f"Pathfinder image listed in metadata not found: {path}")
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("L"))
+        if arr.shape != (resolution, resolution):
+            raise ValueError(f"{path}: expected a {resolution}x{resolution} image, got {arr.shape}")
+        images[i] = arr
+    out = {"images": images, "labels": np.asarray([lab for _, lab in entries], dtype=np.int64)}
+    if cfile is not None:
+        save_npz_atomic(cfile, **out)
+    return out
+
+
+def load_lra_pathfinder(
+    split: str,
+    *,
+    root: str | os.PathLike,
+    cache_dir: Any = None,
+    seed: int = 0,
+    difficulty: str = "curv_baseline",
+    resolution: int = 32,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    as_tokens: bool = False,
+    normalize: bool = True,
+    cache: bool = True,
+    progress: bool = True,
+    **options: Any,
+) -> SequenceData:
+    """Official LRA Pathfinder split as pixel sequences (see module doc; ``seed`` is unused)."""
+    reject_options("pathfinder (LRA files)", options)
+    val_fraction = check_fraction(val_fraction, "val_fraction")
+    test_fraction = check_fraction(test_fraction, "test_fraction")
+    if val_fraction + test_fraction >= 1:
+        raise ValueError(f"val_fraction + test_fraction must be < 1, got {val_fraction + test_fraction}")
+    base = find_pathfinder_dir(root, difficulty, resolution)
+    data = read_pathfinder_dir(base, resolution, cache_dir, cache, progress)
+    n = len(data["labels"])
+    n_tr = int(round(n * (1 - val_fraction - test_fraction)))
+    n_va = int(round(n * val_fraction))
+    bounds = {"train": (0, n_tr), "val": (n_tr, n_tr + n_va), "test": (n_tr + n_va, n)}
+    lo_, hi_ = bounds[split]
+    if hi_ <= lo_:
+        raise ValueError(f"split={split!r}: no images left for it ({n} images, fractions {val_fraction}/{test_fraction})")
+    if n_tr == 0:
+        raise ValueError(f"Pathfinder: no training images ({n} images listed)")
+    return images_to_sequences(
+        data["images"][lo_:hi_], data["labels"][lo_:hi_], data["images"][:n_tr],
+        name="pathfinder", split=split, classes=CLASSES, as_tokens=as_tokens, normalize=normalize,
+        meta={"source": str(base), "difficulty": difficulty, "image_shape": (resolution, resolution)},
+    )
