@@ -159,3 +159,21 @@ def test_env_root_and_empty_val(tmp_path, monkeypatch):
         load_dataset("Heartbeat", "val", cache_dir=tmp_path / "c")
     # ... while 0.5 holds out one case per class
     assert len(load_dataset("Heartbeat", "val", cache_dir=tmp_path / "c", val_fraction=0.5)) == 2
+
+
+def test_label_not_declared_in_class_label_header(tmp_path):
+    from dualattn.data.uea import declared_class_labels
+
+    cases = [[["1", "2"], ["0", "0"]]]
+    write_ts(tmp_path / "Und_TRAIN.ts", "Und", cases * 4, ["a", "b", "a", "zz"], label_set=["a", "b"])
+    write_ts(tmp_path / "Und_TEST.ts", "Und", cases * 2, ["a", "b"], label_set=["a", "b"])
+    assert declared_class_labels(tmp_path / "Und_TEST.ts") == ["a", "b"]
+    with pytest.raises(ValueError) as err:
+        load_dataset("Und", "train", root=tmp_path, cache_dir=tmp_path / "c")
+    msg = str(err.value)
+    assert "Und_TRAIN.ts" in msg and "['zz']" in msg and "['a', 'b']" in msg and "case 3" in msg
+    # the shipped files declare all their labels
+    from dualattn.data.uea import aeon_data_dir
+
+    for name in ("BasicMotions", "JapaneseVowels"):
+        assert declared_class_labels(aeon_data_dir() / name / f"{name}_TRAIN.ts")

@@ -60,7 +60,7 @@ PAPER_UEA = (
     "UWaveGestureLibrary",
 )
 MISSING_MODES = ("interpolate", "mean", "error")
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: labels checked against @classLabel before caching
 
 
 # --------------------------------------------------------------------------- #
@@ -115,13 +115,46 @@ def read_ts(path: str | os.PathLike) -> tuple[list[np.ndarray], np.ndarray]:
         raise ValueError(f"could not parse UEA file {path}: {exc}") from exc
     if y is None or len(y) != len(X):
         raise ValueError(f"UEA file {path}: expected one class label per case (@classLabel true)")
+    labels = np.asarray([str(v) for v in y])
+    declared = declared_class_labels(path)
+    if declared is not None:
+        # compared case-insensitively: the shipped BasicMotions declares "Standing", its cases say "standing"
+        known = {d.lower() for d in declared}
+        undeclared = sorted({v for v in labels.tolist() if v.lower() not in known})
+        if undeclared:
+            first = int(np.flatnonzero(np.isin(labels, undeclared))[0])
+            raise ValueError(
+                f"UEA file {path}: class label(s) {undeclared} (first in case {first}) are not declared in "
+                f"its @classLabel line {declared}; fix the labels or the header"
+            )
     series = [np.asarray(case, dtype=np.float64).T for case in X]  # (C, T) -> (T, C)
     if not series:
         raise ValueError(f"UEA file {path}: no cases")
     chans = {s.shape[1] for s in series}
     if len(chans) != 1:
         raise ValueError(f"UEA file {path}: cases have different channel counts {sorted(chans)}")
-    return series, np.asarray([str(v) for v in y])
+    return series, labels
+
+
+def declared_class_labels(path: str | os.PathLike) -> list[str] | None:
+    """The labels listed on a ``.ts`` file's ``@classLabel true a b c`` header line (None if absent/false).
+
+    aeon's reader does not compare the cases' labels with this list, so
+    :func:`read_ts` does.
+    """
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            tokens = line.strip().split()
+            if not tokens or tokens[0].startswith("#"):
+                continue
+            key = tokens[0].lower()
+            if key == "@data":
+                return None
+            if key == "@classlabel":
+                if len(tokens) < 2 or tokens[1].lower() != "true":
+                    return None
+                return tokens[2:]
+    return None
 
 
 def _true_length(s: np.ndarray) -> int:
