@@ -96,13 +96,17 @@ def test_lock_is_released_when_the_holder_is_killed(holder):
 
 
 def test_lock_reentry_in_one_process_is_refused_and_release_frees_it(tmp_path):
-    run = tmp_path / "r"
+    run = tmp_path / "runs" / "name" / "r"
     a = RunDirLock(run).acquire()
     with pytest.raises(RunDirLocked, match=f"pid {os.getpid()}"):
         RunDirLock(run).acquire()
     a.release()
     RunDirLock(run).acquire().release()
-    assert not run.exists()  # created only for the lock and left empty: removed again
+    assert not (tmp_path / "runs").exists()  # created only for the lock and left empty: removed again
+    (tmp_path / "runs").mkdir()
+    with RunDirLock(run):
+        (run / "metrics.csv").write_text("x")
+    assert (run / "metrics.csv").exists() and (run / LOCK_NAME).exists()
 
 
 def test_exclusive_file_fallback_without_fcntl(tmp_path, monkeypatch, holder):
@@ -228,8 +232,11 @@ def test_unwritable_cache_is_one_clear_error(tmp_path, monkeypatch):
     assert str(bad) in r.stderr and "Traceback" not in r.output
     cfg = build_config({"name": "c", "data": {"name": "listops-small"}, "model": {"dim": 16, "depth": 1},
                         "trainer": {"max_epochs": 1, "progress": "none"}})
-    with pytest.raises(RunError, match="not writable"):
+    from dualattn.train.data import DataError
+
+    with pytest.raises((RunError, DataError), match="not writable") as err:  # both are one-line CLI errors
         train_run(cfg, tmp_path / "run")
+    assert str(bad) in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "run").exists()
 
 

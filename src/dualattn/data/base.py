@@ -245,8 +245,12 @@ def load_dataset(
 # --------------------------------------------------------------------------- #
 # Caching
 # --------------------------------------------------------------------------- #
-class CacheDirError(OSError):
-    """The dataset cache folder cannot be created or written; the message names it and its source."""
+class CacheDirError(OSError, ValueError):
+    """The dataset cache folder cannot be created or written; the message names it and its source.
+
+    Also a ``ValueError``, so callers that turn bad data settings into one-line
+    errors (``dualattn train``, ``reproduce``'s preflight) report it as one.
+    """
 
 
 _WRITABLE_CACHE_DIRS: set[Path] = set()

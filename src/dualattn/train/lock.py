@@ -58,14 +58,19 @@ class RunDirNotWritable(OSError):
         )
 
 
-def ensure_writable_dir(path: Path) -> bool:
+def ensure_writable_dir(path: Path) -> Path | None:
     """Create ``path`` (with parents) and check a file can be written in it.
 
-    Returns True when the folder was created by this call. Raises
-    :class:`RunDirNotWritable` naming the folder otherwise.
+    Returns the outermost folder this call created (None when ``path`` existed),
+    so that it can be removed again. Raises :class:`RunDirNotWritable` naming
+    the folder otherwise.
     """
     path = Path(path)
-    created = not path.exists()
+    created = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        created = folder
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=path, prefix=".write-probe")
@@ -114,7 +119,7 @@ class RunDirLock:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_NAME
         self._fd: int | None = None
-        self._created = False
+        self._created: Path | None = None
 
     @property
     def held(self) -> bool:
@@ -206,14 +211,19 @@ class RunDirLock:
         self._cleanup_created()
 
     def _cleanup_created(self) -> None:
-        """Remove a folder this lock created when nothing else was written into it."""
-        if not self._created:
+        """Remove the folders this lock created when nothing else was written into them."""
+        if self._created is None:
             return
         try:
             if {p.name for p in self.run_dir.iterdir()} <= {LOCK_NAME}:
                 if self.path.exists():
                     os.remove(self.path)
-                self.run_dir.rmdir()
+                folder = self.run_dir
+                while True:
+                    folder.rmdir()  # OSError (stops) when not empty
+                    if folder == self._created:
+                        break
+                    folder = folder.parent
         except OSError:
             pass
 

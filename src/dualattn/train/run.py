@@ -244,8 +244,6 @@ def _train_run_locked(
 ) -> dict[str, Any]:
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-    from dualattn.data.base import CacheDirError
-
     ckpt_dir = run_dir / "checkpoints"
     last = resume_checkpoint(run_dir)
     rank0 = is_rank_zero()
@@ -266,10 +264,7 @@ def _train_run_locked(
         torch.set_num_threads(cfg.trainer.num_threads)
 
     # ---- everything that can fail fast ------------------------------------------------
-    try:
-        splits = splits if splits is not None else load_splits(cfg.data)
-    except CacheDirError as exc:
-        raise RunError(str(exc)) from None
+    splits = splits if splits is not None else load_splits(cfg.data)  # DataError (incl. unwritable cache)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     try:
         module = ClassifierModule(
