@@ -81,12 +81,13 @@ def test_unsupported_combinations_raise_with_reason():
         Attention(16, 4, "linear")(x, attn_mask=m)
     with pytest.raises(ValueError, match="pooled"):
         Attention(16, 4, "sh")(x, attn_mask=m)
-    lin = Attention(16, 4, "linear", attn_drop=0.1)
-    with pytest.raises(ValueError, match="dropout"):
-        lin(x)
-    lin.fused = False
+    with pytest.raises(ValueError, match="attn_drop on the fast path.*attn_drop=0.0"):  # at construction
+        Attention(16, 4, "linear", attn_drop=0.1)
+    lin = Attention(16, 4, "linear", attn_drop=0.1, fused=False)
     assert lin(x).shape == (1, 6, 16)  # reference path supports dropout
     lin.fused = True
+    with pytest.raises(ValueError, match="attn_drop"):
+        lin(x)
     lin.eval()
     assert lin(x).shape == (1, 6, 16)  # no dropout in eval
 
