@@ -71,10 +71,15 @@ def _local_blocked(q, k, v, window: int, key_padding_mask, is_causal: bool, drop
 
 
 def _topk_keep(scores: Tensor, topk: int) -> Tensor:
-    """Bool mask of the ``topk`` largest entries per row (among finite ones)."""
+    """Bool mask of the ``topk`` largest entries per row, masked (``-inf``) entries excluded.
+
+    NaN scores (a corrupt real key or query) rank first in ``topk`` and are kept, so they reach
+    the output instead of being silently dropped.
+    """
     kk = min(topk, scores.shape[-1])
-    idx = scores.detach().topk(kk, dim=-1).indices
-    return torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, idx, True) & torch.isfinite(scores.detach())
+    s = scores.detach()
+    idx = s.topk(kk, dim=-1).indices
+    return torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, idx, True) & ~torch.isneginf(s)
 
 
 def sparse_attention(
