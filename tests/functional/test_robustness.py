@@ -1,6 +1,6 @@
 """Robustness of the functional API found when tried as a new user would (issue 10, item 6).
 
-* a NaN in a real (non-padded) key reaches the output of every variant (it is never hidden as 0);
+* a NaN in a real (non-padded) key or value reaches the output of every variant (it is never hidden as 0);
 * NaN/inf in padded keys/values gives finite gradients (zero at the padded positions);
 * ``beta``/``eps`` must be finite (and ``eps > 0``) for every BN variant.
 """
@@ -15,11 +15,12 @@ import dualattn.functional as A
 BN_FUNCTIONS = {"bn": A.bn_attention, "bn+sh": A.bn_sh_attention, "linear-bn": A.linear_bn_attention}
 
 
+@pytest.mark.parametrize("where", ["k", "v"])
 @pytest.mark.parametrize("impl", ["fast", "reference"])
 @pytest.mark.parametrize("causal", [False, True])
-def test_nan_in_a_real_key_propagates(h, variant, causal, impl):
+def test_nan_in_a_real_key_propagates(h, variant, causal, impl, where):
     q, k, v = h.make_qkv()
-    k[0, :, 2] = float("nan")  # batch 0, key 2: a real token (no padding mask at all)
+    (k if where == "k" else v)[0, :, 2] = float("nan")  # batch 0, token 2: real (no padding mask at all)
     fn, opts = h.options(variant)
     out = fn(q, k, v, is_causal=causal, impl=impl, **opts)
     assert torch.isnan(out[0]).any(), "a corrupt real key was hidden"
