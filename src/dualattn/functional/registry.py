@@ -118,12 +118,6 @@ class Feature:
     condition: Optional[Callable[[Mapping[str, Any]], bool]] = None
     when: str = ""
 
-    def supported(self, path: str, options: Optional[Mapping[str, Any]] = None) -> bool:
-        ok = self.fast if path == "fast" else self.reference
-        if ok and self.condition is not None and options is not None:
-            ok = bool(self.condition(options))
-        return ok
-
     def summary(self):
         """``True``, ``False``, ``"reference path only"`` or the condition note (``CAPABILITIES`` values)."""
         if not self.fast and not self.reference:

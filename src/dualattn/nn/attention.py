@@ -8,7 +8,7 @@ and ``f_h`` one of the functions in :mod:`dualattn.functional`.
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -47,7 +47,6 @@ class Attention(nn.Module):
         proj_bias: bias of the output projection ``W_O``.
         **variant_options: see ``VARIANT_OPTIONS`` (e.g. ``factors``/``pool`` for SH, ``beta``/``eps``
             for BN, ``pattern``/``window``/``stride``/``topk`` for sparse, ``low_rank`` for primal).
-
         fused: fast path (default: ``set_fused_attn`` / env ``DUALATTN_FUSED_ATTN``); False forces the
             reference path. ``self.fused`` can be changed per instance later.
 
