@@ -1,5 +1,7 @@
 """dualattn.nn.Attention: shapes, fused vs reference, masks, capabilities, errors."""
 
+import re
+
 import pytest
 import torch
 
@@ -81,12 +83,13 @@ def test_unsupported_combinations_raise_with_reason():
         Attention(16, 4, "linear")(x, attn_mask=m)
     with pytest.raises(ValueError, match="pooled"):
         Attention(16, 4, "sh")(x, attn_mask=m)
-    lin = Attention(16, 4, "linear", attn_drop=0.1)
-    with pytest.raises(ValueError, match="dropout"):
-        lin(x)
-    lin.fused = False
+    with pytest.raises(ValueError, match="attn_drop on the fast path.*attn_drop=0.0"):  # at construction
+        Attention(16, 4, "linear", attn_drop=0.1)
+    lin = Attention(16, 4, "linear", attn_drop=0.1, fused=False)
     assert lin(x).shape == (1, 6, 16)  # reference path supports dropout
     lin.fused = True
+    with pytest.raises(ValueError, match="attn_drop"):
+        lin(x)
     lin.eval()
     assert lin(x).shape == (1, 6, 16)  # no dropout in eval
 
@@ -132,3 +135,28 @@ def test_compile_module_smoke():
     kpm[1, 9:] = False
     c = torch.compile(a, fullgraph=True)
     torch.testing.assert_close(c(x, key_padding_mask=kpm), a(x, key_padding_mask=kpm), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant, bad, arg", [
+    ("bn", {"eps": 0.0}, "eps"),
+    ("bn", {"beta": float("nan")}, "beta"),
+    ("bn+sh", {"beta": float("inf")}, "beta"),
+    ("linear-bn", {"eps": float("nan")}, "eps"),
+    ("sparse", {"window": -1}, "window"),
+    ("sparse", {"pattern": "random"}, "pattern"),
+    ("sparse", {"topk": 0}, "topk"),
+    ("linear", {"chunk_size": 0}, "chunk_size"),
+    ("sh", {"pool": "max"}, "pool"),
+    ("sh", {"factors": [1, 2, 0, 2]}, "factor"),
+    ("primal", {"low_rank": 0}, "low_rank"),
+    ("primal", {"num_samples": -3}, "num_samples"),
+])
+def test_bad_options_fail_at_construction(variant, bad, arg):
+    with pytest.raises(ValueError, match=re.escape(f"Attention(variant='{variant}')") + f".*{arg}"):
+        Attention(16, 4, variant, **bad)
+
+
+def test_options_are_validated_and_completed():
+    a = Attention(16, 4, "bn+sh", beta=0.5)
+    assert a.options == {"factors": [1, 2, 4, 8], "pool": "avg", "beta": 0.5, "eps": 1e-5}
+    assert Attention(16, 4, "linear", attn_drop=0.1, fused=False).fused is False

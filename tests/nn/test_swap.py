@@ -48,7 +48,8 @@ def test_swap_bert_softmax_reproduces(attn_impl):
 @pytest.mark.parametrize("variant", ["bn", "sh", "bn+sh", "linear", "linear-bn", "sparse"])
 def test_swap_bert_other_variants_run(variant):
     model = _bert()
-    swap_attention(model, variant)
+    # BERT's attention dropout (0.1) cannot run on linear's O(N) path: drop it explicitly
+    swap_attention(model, variant, **({"attn_drop": 0.0} if variant.startswith("linear") else {}))
     ids = torch.randint(0, 50, (2, 10))
     mask = torch.ones(2, 10, dtype=torch.long)
     mask[1, 7:] = 0
@@ -95,3 +96,74 @@ def test_swapped_bert_still_reports_attentions():
     assert out.attentions[0].shape == (2, 4, 9, 9)
     torch.testing.assert_close(out.attentions[0].sum(-1), torch.ones(2, 4, 9))
     assert model(input_ids=ids).attentions is None
+
+
+def _bert_with_attn_dropout():
+    cfg = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64, max_position_embeddings=32, attention_probs_dropout_prob=0.1)
+    return transformers.BertModel(cfg).train()
+
+
+def _swapped(model):
+    return [m for m in model.modules() if isinstance(m, HFAttention)]
+
+
+def test_swap_attn_drop_override_and_default():
+    model = _bert_with_attn_dropout()
+    swap_attention(model, "bn")  # default: keep the model's own attention dropout
+    assert [w.attn.attn_drop for w in _swapped(model)] == [0.1, 0.1]
+    model = _bert_with_attn_dropout()
+    swap_attention(model, "softmax", attn_drop=0.0)  # was "TypeError: multiple values for attn_drop"
+    assert [w.attn.attn_drop for w in _swapped(model)] == [0.0, 0.0]
+    h = torch.randn(2, 8, 32)
+
+    def train_vs_eval(wrapper):
+        wrapper.train()
+        a = wrapper(h)[0]
+        wrapper.eval()
+        return a, wrapper(h)[0]
+
+    torch.testing.assert_close(*train_vs_eval(_swapped(model)[0]))  # no attention dropout left
+    kept = _bert_with_attn_dropout()
+    swap_attention(kept, "softmax")
+    a, b = train_vs_eval(_swapped(kept)[0])
+    assert not torch.allclose(a, b)  # the kept p=0.1 does drop weights in training
+    enc = Encoder(16, 2, 4, attn_drop=0.2)
+    swap_attention(enc, "sh", attn_drop=0.05, factors=[1, 1, 2, 2])
+    assert all(b.attn.attn_drop == 0.05 and b.attn.variant == "sh" for b in enc.blocks)
+    with pytest.raises(ValueError, match="attn_drop"):
+        swap_attention(enc, "bn", attn_drop=1.5)
+
+
+@pytest.mark.parametrize("variant", ["linear", "linear-bn"])
+def test_swap_without_fast_dropout_fails_at_swap_time(variant):
+    model = _bert_with_attn_dropout()
+    with pytest.raises(ValueError, match=r"encoder\.layer\.0\.attention\.self.*p=0\.1.*attn_drop=0\.0"):
+        swap_attention(model, variant)
+    assert not _swapped(model)  # nothing was replaced
+    swap_attention(model, variant, attn_drop=0.0)
+    assert len(_swapped(model)) == 2
+    ids = torch.randint(0, 50, (2, 10))
+    mask = torch.ones(2, 10, dtype=torch.long)
+    mask[1, 6:] = 0
+    out = model(input_ids=ids, attention_mask=mask).last_hidden_state  # train mode: no error at forward
+    out.sum().backward()
+    assert torch.isfinite(model.encoder.layer[0].attention.self.attn.q_proj.weight.grad).all()
+
+
+def test_swap_our_encoder_with_dropout_to_primal_fails_at_swap_time():
+    enc = Encoder(16, 2, 4, attn_drop=0.1)
+    with pytest.raises(ValueError, match="primal.*attn_drop=0.0"):
+        swap_attention(enc, "primal", low_rank=2)
+    assert all(b.attn.variant == "softmax" for b in enc.blocks)
+    swap_attention(enc, "primal", attn_drop=0.0, low_rank=2)
+    assert torch.isfinite(enc.train()(torch.randn(2, 6, 16))).all()
+
+
+def test_swap_bad_option_leaves_model_unchanged():
+    model = _bert_with_attn_dropout()
+    with pytest.raises(ValueError, match="eps"):
+        swap_attention(model, "bn", eps=0.0)
+    with pytest.raises(TypeError, match="unknown option"):
+        swap_attention(model, "bn", window=3)
+    assert not _swapped(model)

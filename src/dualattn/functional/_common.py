@@ -14,6 +14,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .registry import finite_float, positive_finite_float
+
 IMPLS = ("auto", "fast", "reference")
 
 
@@ -163,7 +165,6 @@ def dropout_weights(w: Tensor, p: float) -> Tensor:
 
 
 def check_beta_eps(beta, eps, *, name: str) -> None:
-    if not isinstance(beta, (int, float)):
-        raise TypeError(f"{name}: `beta` must be a float (weight on the key mean), got {type(beta).__name__}")
-    if not (isinstance(eps, (int, float)) and eps > 0):
-        raise ValueError(f"{name}: `eps` must be a positive float, got {eps!r}")
+    """``beta``: finite float (weight on the key mean); ``eps``: positive finite float."""
+    finite_float(beta, option="beta", name=name)
+    positive_finite_float(eps, option="eps", name=name)

@@ -31,6 +31,7 @@ from ._common import (
     safe_softmax,
     zero_padded,
 )
+from .registry import Option, finite_float, positive_finite_float, register
 
 
 def var_mean_seq(k: Tensor) -> Tuple[Tensor, Tensor]:
@@ -189,3 +190,18 @@ def bn_attention(
     w = safe_softmax(scores)
     out = dropout_weights(w, dropout_p) @ v
     return (out, w) if need_weights else out
+
+
+#: Options shared by every BN variant (bn, bn+sh, linear-bn).
+BN_OPTIONS = {
+    "beta": Option(1.0, finite_float, "weight on the key mean: q^ = (q - beta*mu)/s (0 = scaling only)"),
+    "eps": Option(1e-5, positive_finite_float, "added to the key variance before the square root"),
+}
+
+register(
+    "bn",
+    bn_attention,
+    options=BN_OPTIONS,
+    summary="Attention-BN: softmax attention on keys/queries normalised by the key statistics",
+    order=3,
+)

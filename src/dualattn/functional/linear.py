@@ -20,7 +20,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._common import check_beta_eps, check_common, combine_masks, dropout_weights
-from .bn import causal_upto, key_statistics
+from .bn import BN_OPTIONS, causal_upto, key_statistics
+from .registry import Option, positive_int, reference_only, register
+
+#: Why the O(N) fast path cannot take an arbitrary mask / attention dropout (registry + errors).
+WHY_NO_MASK = ("an arbitrary mask breaks the O(N) factorisation of linear attention; use key_padding_mask / "
+               "is_causal, or the O(N^2) reference path (impl='reference', or fused=False on dualattn.nn.Attention)")
+WHY_NO_DROPOUT = ("the O(N) fast path never forms the attention weights, so it cannot drop them; use attn_drop=0.0, "
+                  "or the O(N^2) reference path (impl='reference', or fused=False on dualattn.nn.Attention)")
 
 
 def elu_feature_map(x: Tensor) -> Tensor:
@@ -29,8 +36,9 @@ def elu_feature_map(x: Tensor) -> Tensor:
 
 
 def _div(num: Tensor, den: Tensor) -> Tensor:
-    """``num / den`` with 0 where ``den == 0`` (a query with no visible key)."""
-    ok = den > 0
+    """``num / den`` with 0 where ``den == 0`` (a query with no visible key); NaN/inf propagate
+    (a corrupt real key must not be hidden as a zero output)."""
+    ok = den != 0
     return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(num))
 
 
@@ -61,18 +69,19 @@ def _linear_causal(fq: Tensor, fk: Tensor, v: Tensor, chunk: int) -> Tensor:
 
 def _linear_core(q, k, v, *, attn_mask, key_padding_mask, is_causal, dropout_p, path, need_weights, chunk, name):
     Nq, Nk = q.shape[2], k.shape[2]
+    if key_padding_mask is not None:
+        # select (not multiply) before the feature map: NaN/inf in padded keys reach neither the
+        # output nor, through elu's backward (0 * NaN), the gradients
+        keep = key_padding_mask[:, None, :, None]
+        k, v = torch.where(keep, k, 0.0), torch.where(keep, v, 0.0)
     fq, fk = elu_feature_map(q), elu_feature_map(k)
     if key_padding_mask is not None:
-        keep = key_padding_mask[:, None, :, None]
-        fk, v = fk.masked_fill(~keep, 0.0), v.masked_fill(~keep, 0.0)
+        fk = torch.where(keep, fk, 0.0)  # padded keys leave the kv sum and the normaliser
     if path == "fast":
         if attn_mask is not None:
-            raise ValueError(
-                f"{name}: an arbitrary `attn_mask` breaks the O(N) factorisation of linear attention; "
-                "use key_padding_mask / is_causal, or impl='reference' (O(N^2))"
-            )
+            raise ValueError(f"{name}: `attn_mask` is not supported on the fast path: {WHY_NO_MASK}")
         if dropout_p > 0:
-            raise ValueError(f"{name}: dropout on the attention weights needs impl='reference' (the fast path never forms them)")
+            raise ValueError(f"{name}: `dropout_p` > 0 is not supported on the fast path: {WHY_NO_DROPOUT}")
         if not is_causal:
             return _linear_noncausal(fq, fk, v)
         if Nk > Nq:  # keys after the last query are never visible
@@ -150,7 +159,7 @@ def linear_bn_attention(
     Nq, Nk = q.shape[2], k.shape[2]
     valid = None if key_padding_mask is None else key_padding_mask[:, None, :]
     if key_padding_mask is not None:
-        k = k.masked_fill(~key_padding_mask[:, None, :, None], 0.0)
+        k = torch.where(key_padding_mask[:, None, :, None], k, 0.0)
     if is_causal:
         mu_q, s2_q = key_statistics(k, valid, upto=causal_upto(Nq, Nk, q.device), eps=eps)
         mu_k, s2_k = key_statistics(k, valid, upto=torch.arange(Nk, device=q.device), eps=eps)
@@ -163,3 +172,24 @@ def linear_bn_attention(
         qh, kh, v, attn_mask=attn_mask, key_padding_mask=key_padding_mask, is_causal=is_causal,
         dropout_p=dropout_p, path=path, need_weights=need_weights, chunk=chunk_size, name=name,
     )
+
+
+_LINEAR_FEATURES = {"attn_mask": reference_only(WHY_NO_MASK), "attn_drop": reference_only(WHY_NO_DROPOUT)}
+_CHUNK = Option(64, positive_int, "query/key chunk length of the causal O(N) path")
+
+register(
+    "linear",
+    linear_attention,
+    options={"chunk_size": _CHUNK},
+    features=_LINEAR_FEATURES,
+    summary="linear attention, Phi = elu + 1; O(N) fast path",
+    order=1,
+)
+register(
+    "linear-bn",
+    linear_bn_attention,
+    options={**BN_OPTIONS, "chunk_size": _CHUNK},
+    features=_LINEAR_FEATURES,
+    summary="linear attention on BN-normalised queries/keys; O(N) fast path",
+    order=6,
+)

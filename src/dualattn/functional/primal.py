@@ -116,3 +116,39 @@ def ksvd_loss(e: Tensor, r: Tensor, lam: Tensor, w_e: Tensor, w_r: Tensor, mask:
         me, mr = (le * m).sum(dim=(1, 2)) / cnt, (lr * m).sum(dim=(1, 2)) / cnt
     trace = torch.einsum("hps,hpt->hst", w_e, w_r.to(w_e.dtype)).mean(0).diagonal().sum()
     return ((me / 2 + mr / 2 - trace) ** 2).mean()
+
+
+# --------------------------------------------------------------------------- registry entry
+# Kept at the end of the file (and self-contained) so that rewrites of the math above leave it intact.
+# Options here are the *layer's* options (nn.Attention builds W_e(X), W_r(X) from them); the
+# function itself takes the projections ``w_e``/``w_r``.
+from .registry import Option, optional_positive_int, positive_int, register, unsupported  # noqa: E402
+
+
+def _primal_checks(ctx) -> list:
+    q, k = ctx["q_shape"], ctx["k_shape"]
+    if q is not None and k is not None and q[2] != k[2]:
+        return [f"Nq != Nk ({q[2]} vs {k[2]}): primal attention pairs e(x_i) with r(x_i), so it needs Nq == Nk"]
+    return []
+
+
+register(
+    "primal",
+    primal_attention,
+    options={
+        "low_rank": Option(20, positive_int, "rank s of the KSVD projections"),
+        "num_samples": Option(None, optional_positive_int, "sampled positions for W_e(X), W_r(X) (default 10*s)"),
+    },
+    features={
+        "causal": unsupported("its projections W_e(X), W_r(X) are built from the whole sequence"),
+        "attn_mask": unsupported("the primal form has no score matrix to mask"),
+        "cross": unsupported("it pairs e(x_i) with r(x_i), so queries and keys must be the same tokens"),
+        "attn_drop": unsupported("the primal form has no attention weights to drop; use attn_drop=0.0"),
+    },
+    needs_values=False,
+    flags=("primal",),
+    module_options=("low_rank", "num_samples"),
+    check=_primal_checks,
+    summary="Primal-Attention (KSVD in the primal); self-attention layer with its own projections",
+    order=7,
+)

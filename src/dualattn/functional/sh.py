@@ -41,9 +41,14 @@ from ._common import (
     safe_softmax,
     zero_padded,
 )
-from .bn import bn_logits_reference, bn_query_transform, key_statistics
+from .bn import BN_OPTIONS, bn_logits_reference, bn_query_transform, key_statistics
+from .registry import Feature, Option, one_of, register
 
 POOLS = ("avg", "stride", "conv")
+
+#: Why SH cannot take an ``attn_mask`` when some head pools its keys (registry + errors).
+WHY_NO_MASK = ("a mask over the original keys has no unique meaning for pooled keys (factors > 1); "
+               "use key_padding_mask / is_causal, or all factors 1")
 
 
 def default_factors(num_heads: int) -> List[int]:
@@ -297,10 +302,7 @@ def _sh_core(
     if pool not in POOLS:
         raise ValueError(f"{name}: `pool` must be one of {POOLS}, got {pool!r}")
     if attn_mask is not None and any(f > 1 for f in fs):
-        raise ValueError(
-            f"{name}: `attn_mask` is defined over the original keys and has no unique meaning for pooled keys "
-            "(factors > 1); use key_padding_mask / is_causal, or all factors 1"
-        )
+        raise ValueError(f"{name}: `attn_mask` is not supported with factors {fs}: {WHY_NO_MASK}")
     if pool == "conv":
         _check_conv(conv_weight_k, conv_weight_v, fs, D, v.shape[-1], q, name=name)
     if bn:
@@ -418,3 +420,44 @@ def bn_sh_attention(
         conv_weight_k=conv_weight_k, conv_weight_v=conv_weight_v, bn=True, beta=beta, eps=eps,
         name="bn_sh_attention",
     )
+
+
+def _factors_option(value, *, option: str, name=None, ctx=None):
+    """``None`` -> ``default_factors(num_heads)`` when the head count is known; else a list of H ints >= 1."""
+    H = (ctx or {}).get("num_heads")
+    if H is None:
+        if value is None:
+            return None
+        return check_factors(value, len(value) if hasattr(value, "__len__") else 0, name=name or option)
+    return check_factors(default_factors(H) if value is None else value, H, name=name or option)
+
+
+def _mask_ok(options) -> bool:
+    fs = options.get("factors")
+    return fs is None or all(f == 1 for f in fs)
+
+
+SH_OPTIONS = {
+    "factors": Option(None, _factors_option, "per-head key downsampling factors (default 2**floor(4h/H))"),
+    "pool": Option("avg", one_of(*POOLS), "how a block of r keys is pooled: " + ", ".join(POOLS)),
+}
+_SH_FEATURES = {"attn_mask": Feature(why=WHY_NO_MASK, condition=_mask_ok, when="factors all 1")}
+
+register(
+    "sh",
+    sh_attention,
+    options=SH_OPTIONS,
+    features=_SH_FEATURES,
+    flags=("pooled_heads",),
+    summary="Attention-SH: head h attends over keys/values downsampled by factors[h]",
+    order=4,
+)
+register(
+    "bn+sh",
+    bn_sh_attention,
+    options={**SH_OPTIONS, **BN_OPTIONS},
+    features=_SH_FEATURES,
+    flags=("pooled_heads",),
+    summary="BN+SH: Attention-SH with per-head BN statistics of the pooled keys",
+    order=5,
+)

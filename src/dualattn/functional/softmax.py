@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._common import apply_mask, check_common, combine_masks, default_scale, dropout_weights, safe_softmax, zero_padded
+from .registry import register
 
 
 def softmax_reference(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], scale: float, dropout_p: float):
@@ -51,3 +52,11 @@ def softmax_attention(
     mask = combine_masks(attn_mask, key_padding_mask, is_causal, Nq, Nk, q.device, q.dtype)
     out, w = softmax_reference(q, k, v, mask, default_scale(scale, q.shape[-1]), dropout_p)
     return (out, w) if need_weights else out
+
+
+register(
+    "softmax",
+    softmax_attention,
+    summary="softmax attention (the dual form); fast path = one SDPA call",
+    order=0,
+)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._common import apply_mask, check_common, combine_masks, default_scale, dropout_weights, safe_softmax, zero_padded
+from .registry import Option, non_negative_int, one_of, positive_int, register
 
 PATTERNS = ("local", "strided", "local+strided", "topk")
 
@@ -70,10 +71,15 @@ def _local_blocked(q, k, v, window: int, key_padding_mask, is_causal: bool, drop
 
 
 def _topk_keep(scores: Tensor, topk: int) -> Tensor:
-    """Bool mask of the ``topk`` largest entries per row (among finite ones)."""
+    """Bool mask of the ``topk`` largest entries per row, masked (``-inf``) entries excluded.
+
+    NaN scores (a corrupt real key or query) rank first in ``topk`` and are kept, so they reach
+    the output instead of being silently dropped.
+    """
     kk = min(topk, scores.shape[-1])
-    idx = scores.detach().topk(kk, dim=-1).indices
-    return torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, idx, True) & torch.isfinite(scores.detach())
+    s = scores.detach()
+    idx = s.topk(kk, dim=-1).indices
+    return torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, idx, True) & ~torch.isneginf(s)
 
 
 def sparse_attention(
@@ -97,11 +103,9 @@ def sparse_attention(
     """Softmax attention restricted to the key subsets ``M_i`` of ``pattern``."""
     name = "sparse_attention"
     path = check_common(q, k, v, attn_mask, key_padding_mask, dropout_p, impl, need_weights, name=name)
-    if pattern not in PATTERNS:
-        raise ValueError(f"{name}: `pattern` must be one of {PATTERNS}, got {pattern!r}")
-    for arg, val in (("window", window), ("stride", stride), ("topk", topk), ("chunk_size", chunk_size)):
-        if isinstance(val, bool) or not isinstance(val, int) or val < (0 if arg == "window" else 1):
-            raise ValueError(f"{name}: `{arg}` must be a {'non-negative' if arg == 'window' else 'positive'} int, got {val!r}")
+    for arg, val in (("pattern", pattern), ("window", window), ("stride", stride), ("topk", topk),
+                     ("chunk_size", chunk_size)):
+        SPARSE_OPTIONS[arg].validate(val, option=arg, name=name)
     Nq, Nk = q.shape[2], k.shape[2]
     k, v = zero_padded(k, key_padding_mask), zero_padded(v, key_padding_mask)
     mask = combine_masks(attn_mask, key_padding_mask, is_causal, Nq, Nk, q.device, q.dtype)
@@ -134,3 +138,20 @@ def sparse_attention(
             ws.append(w)
     out = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
     return (out, torch.cat(ws, dim=2)) if need_weights else out
+
+
+SPARSE_OPTIONS = {
+    "pattern": Option("local", one_of(*PATTERNS), "which keys M_i query i sees: " + ", ".join(PATTERNS)),
+    "window": Option(16, non_negative_int, "local pattern: |i - j| <= window"),
+    "stride": Option(8, positive_int, "strided pattern: (i - j) mod stride == 0"),
+    "topk": Option(32, positive_int, "topk pattern: keys with the topk largest scores"),
+    "chunk_size": Option(256, positive_int, "topk fast path: query rows per chunk"),
+}
+
+register(
+    "sparse",
+    sparse_attention,
+    options=SPARSE_OPTIONS,
+    summary="softmax attention restricted to a key subset per query (local / strided / top-k)",
+    order=2,
+)

@@ -8,52 +8,22 @@ and ``f_h`` one of the functions in :mod:`dualattn.functional`.
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
 from .. import functional as DF
-from ..functional.sh import POOLS, check_factors, default_factors
+from ..functional import registry as R
 
-VARIANTS = ("softmax", "linear", "sparse", "bn", "sh", "bn+sh", "linear-bn", "primal")
-
-#: Options each variant accepts (passed as ``**variant_options``) and their defaults.
-VARIANT_OPTIONS: Dict[str, Dict[str, object]] = {
-    "softmax": {},
-    "linear": {"chunk_size": 64},
-    "sparse": {"pattern": "local", "window": 16, "stride": 8, "topk": 32, "chunk_size": 256},
-    "bn": {"beta": 1.0, "eps": 1e-5},
-    "sh": {"factors": None, "pool": "avg"},
-    "bn+sh": {"factors": None, "pool": "avg", "beta": 1.0, "eps": 1e-5},
-    "linear-bn": {"beta": 1.0, "eps": 1e-5, "chunk_size": 64},
-    "primal": {"low_rank": 20, "num_samples": None},
-}
-
-#: What each variant supports; ``why_not`` explains an unsupported feature.
-CAPABILITIES: Dict[str, Dict[str, object]] = {
-    "softmax": {"attn_mask": True, "causal": True, "cross": True, "attn_drop_fast": True},
-    "sparse": {"attn_mask": True, "causal": True, "cross": True, "attn_drop_fast": True},
-    "bn": {"attn_mask": True, "causal": True, "cross": True, "attn_drop_fast": True},
-    "sh": {"attn_mask": "factors all 1", "causal": True, "cross": True, "attn_drop_fast": True},
-    "bn+sh": {"attn_mask": "factors all 1", "causal": True, "cross": True, "attn_drop_fast": True},
-    "linear": {"attn_mask": "reference path only", "causal": True, "cross": True, "attn_drop_fast": False},
-    "linear-bn": {"attn_mask": "reference path only", "causal": True, "cross": True, "attn_drop_fast": False},
-    "primal": {"attn_mask": False, "causal": False, "cross": False, "attn_drop_fast": False},
-}
-
-WHY_NOT = {
-    ("primal", "causal"): "its projections W_e(X), W_r(X) are built from the whole sequence",
-    ("primal", "attn_mask"): "the primal form has no score matrix to mask",
-    ("primal", "cross"): "it pairs e(x_i) with r(x_i), so queries and keys must be the same tokens",
-    ("primal", "attn_drop"): "the primal form has no attention weights to drop",
-    ("linear", "attn_mask"): "an arbitrary mask breaks the O(N) factorisation; set attn.fused = False for the O(N^2) reference path",
-    ("linear-bn", "attn_mask"): "an arbitrary mask breaks the O(N) factorisation; set attn.fused = False for the O(N^2) reference path",
-    ("linear", "attn_drop"): "the O(N) path never forms the weights; set attn.fused = False to use dropout",
-    ("linear-bn", "attn_drop"): "the O(N) path never forms the weights; set attn.fused = False to use dropout",
-    ("sh", "attn_mask"): "a mask over the original keys has no unique meaning for pooled keys (factors > 1)",
-    ("bn+sh", "attn_mask"): "a mask over the original keys has no unique meaning for pooled keys (factors > 1)",
-}
+#: Registered variant names (a live, tuple-like view of :mod:`dualattn.functional.registry`).
+VARIANTS = R.VARIANT_NAMES
+#: Options each variant accepts (passed as ``**variant_options``) and their defaults (live view).
+VARIANT_OPTIONS = R.VARIANT_OPTIONS
+#: What each variant supports (live view): ``attn_mask``/``causal``/``cross``/``attn_drop`` are True,
+#: False, ``"reference path only"`` or a condition such as ``"factors all 1"``; ``attn_drop_fast`` is a
+#: bool. ``get_variant(name).not_supported(...)`` gives the reasons for one concrete call.
+CAPABILITIES = R.CAPABILITIES
 
 _FUSED_DEFAULT = os.environ.get("DUALATTN_FUSED_ATTN", "1") != "0"
 
@@ -64,25 +34,25 @@ def set_fused_attn(enabled: bool) -> None:
     _FUSED_DEFAULT = bool(enabled)
 
 
-def _unsupported(variant: str, feature: str) -> ValueError:
-    why = WHY_NOT.get((variant, feature), "not implemented for this variant")
-    return ValueError(f"Attention(variant={variant!r}) does not support {feature}: {why}")
-
-
 class Attention(nn.Module):
     """Multi-head attention ``(B, N, dim) -> (B, N, dim)`` for any primal-dual variant.
 
     Args:
         dim: model width; ``head_dim = dim // num_heads``.
         num_heads: number of heads (independent SVRs).
-        variant: one of ``VARIANTS``.
+        variant: a registered name (``VARIANTS``: softmax, linear, sparse, bn, sh, bn+sh, linear-bn, primal
+            or any variant added with :func:`dualattn.functional.registry.register`).
         qkv_bias, attn_drop, proj_drop: as in timm's ``Attention``.
         kv_dim: width of ``context`` for cross-attention (default ``dim``).
         proj_bias: bias of the output projection ``W_O``.
         **variant_options: see ``VARIANT_OPTIONS`` (e.g. ``factors``/``pool`` for SH, ``beta``/``eps``
             for BN, ``pattern``/``window``/``stride``/``topk`` for sparse, ``low_rank`` for primal).
+        fused: fast path (default: ``set_fused_attn`` / env ``DUALATTN_FUSED_ATTN``); False forces the
+            reference path. ``self.fused`` can be changed per instance later.
 
-    ``self.fused`` (per instance) selects the fast path; False forces the reference path.
+    Options are validated here, through the registry's validators (e.g. ``eps=0`` or ``window=-1``
+    fail at construction, not at the first forward), and so is ``attn_drop`` against what the
+    chosen path supports (``linear``/``linear-bn`` cannot drop weights on their O(N) path).
     """
 
     def __init__(
@@ -96,50 +66,47 @@ class Attention(nn.Module):
         *,
         kv_dim: Optional[int] = None,
         proj_bias: bool = True,
+        fused: Optional[bool] = None,
         **variant_options,
     ):
         super().__init__()
-        if variant not in VARIANTS:
-            raise ValueError(f"Attention: `variant` must be one of {VARIANTS}, got {variant!r}")
+        try:
+            var = R.get_variant(variant)
+        except ValueError:
+            raise ValueError(f"Attention: `variant` must be one of {R.variant_names()}, got {variant!r}") from None
         if not (isinstance(dim, int) and isinstance(num_heads, int) and dim > 0 and num_heads > 0):
             raise ValueError(f"Attention: `dim` and `num_heads` must be positive ints, got {dim!r}, {num_heads!r}")
         if dim % num_heads:
             raise ValueError(f"Attention: `dim`={dim} must be divisible by `num_heads`={num_heads}")
-        unknown = set(variant_options) - set(VARIANT_OPTIONS[variant])
-        if unknown:
-            raise TypeError(
-                f"Attention(variant={variant!r}) got unknown option(s) {sorted(unknown)}; "
-                f"it accepts {sorted(VARIANT_OPTIONS[variant])}"
-            )
-        if not 0.0 <= attn_drop < 1.0 or not 0.0 <= proj_drop < 1.0:
-            raise ValueError(f"Attention: `attn_drop`/`proj_drop` must be in [0, 1), got {attn_drop}, {proj_drop}")
-        if attn_drop > 0 and variant == "primal":
-            raise _unsupported(variant, "attn_drop")
+        label = f"Attention(variant={variant!r})"
+        self.options = var.validate_options(variant_options, num_heads=num_heads, name=label)
+        if not (isinstance(attn_drop, (int, float)) and isinstance(proj_drop, (int, float))
+                and 0.0 <= attn_drop < 1.0 and 0.0 <= proj_drop < 1.0):
+            raise ValueError(f"Attention: `attn_drop`/`proj_drop` must be in [0, 1), got {attn_drop!r}, {proj_drop!r}")
+        self.fused = _FUSED_DEFAULT if fused is None else bool(fused)
+        reasons = var.not_supported(dropout_p=attn_drop, impl="fast" if self.fused else "reference",
+                                    options=self.options)
+        if reasons:
+            raise ValueError(f"{label} does not support {'; '.join(reasons)}")
         self.dim, self.num_heads, self.variant = dim, num_heads, variant
         self.head_dim = dim // num_heads
         self.kv_dim = dim if kv_dim is None else kv_dim
         self.attn_drop = float(attn_drop)
-        self.fused = _FUSED_DEFAULT
-        self.options = {**VARIANT_OPTIONS[variant], **variant_options}
         self.q_proj = nn.Linear(dim, dim, bias=qkv_bias)
         self.k_proj = nn.Linear(self.kv_dim, dim, bias=qkv_bias)
-        self.v_proj = None if variant == "primal" else nn.Linear(self.kv_dim, dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(self.kv_dim, dim, bias=qkv_bias) if var.needs_values else None
         self.out_proj = nn.Linear(dim, dim, bias=proj_bias)
         self.proj_drop = nn.Dropout(proj_drop)
-        if variant in ("sh", "bn+sh"):
+        if "pooled_heads" in var.flags:
             self._init_sh()
-        if variant == "primal":
+        if "primal" in var.flags:
             self._init_primal()
 
     # ------------------------------------------------------------------ setup
     def _init_sh(self) -> None:
-        o = self.options
-        o["factors"] = check_factors(
-            default_factors(self.num_heads) if o["factors"] is None else o["factors"], self.num_heads, name="Attention"
-        )
-        if o["pool"] not in POOLS:
-            raise ValueError(f"Attention: `pool` must be one of {POOLS}, got {o['pool']!r}")
-        if o["pool"] == "conv":  # learned depthwise conv, kernel = stride = r, initialised to average pooling
+        """``pool="conv"``: learned depthwise conv per pooled head, kernel = stride = r, initialised to averaging."""
+        o = self.options  # factors/pool already validated (and factors defaulted) by the registry
+        if o["pool"] == "conv":
             self.conv_k = nn.ParameterDict()
             self.conv_v = nn.ParameterDict()
             for h, r in enumerate(o["factors"]):
@@ -170,31 +137,26 @@ class Attention(nn.Module):
         return f"dim={self.dim}, num_heads={self.num_heads}, variant={self.variant!r}, fused={self.fused}, options={opts}"
 
     # ---------------------------------------------------------------- forward
-    def _check_inputs(self, x, context, key_padding_mask, attn_mask, is_causal):
+    def _check_inputs(self, x, context, key_padding_mask, attn_mask, is_causal, need_weights):
         if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.dim:
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"Attention: `x` must have shape (B, N, dim={self.dim}), got {got}")
         if not x.is_floating_point():
             raise TypeError(f"Attention: `x` must be floating point, got {x.dtype}")
-        cap = CAPABILITIES[self.variant]
         if context is not None:
-            if not cap["cross"]:
-                raise _unsupported(self.variant, "cross")
             if not isinstance(context, Tensor) or context.dim() != 3 or context.shape[0] != x.shape[0] \
                     or context.shape[-1] != self.kv_dim:
                 got = tuple(context.shape) if isinstance(context, Tensor) else type(context).__name__
                 raise ValueError(f"Attention: `context` must have shape (B={x.shape[0]}, Nk, kv_dim={self.kv_dim}), got {got}")
             if context.dtype != x.dtype:
                 raise TypeError(f"Attention: `context` dtype {context.dtype} differs from `x` dtype {x.dtype}")
-        if is_causal and not cap["causal"]:
-            raise _unsupported(self.variant, "causal")
-        if attn_mask is not None:
-            ok = cap["attn_mask"]
-            if ok is False or (ok == "reference path only" and self.fused) or \
-                    (ok == "factors all 1" and any(f > 1 for f in self.options["factors"])):
-                raise _unsupported(self.variant, "attn_mask")
-        if self.training and self.attn_drop > 0 and self.fused and not cap["attn_drop_fast"]:
-            raise _unsupported(self.variant, "attn_drop")
+        reasons = R.get_variant(self.variant).not_supported(
+            is_causal=is_causal, attn_mask=attn_mask, key_padding_mask=key_padding_mask, cross=context is not None,
+            dropout_p=self.attn_drop if self.training else 0.0, need_weights=need_weights,
+            impl="reference" if (need_weights or not self.fused) else "fast", options=self.options,
+        )
+        if reasons:
+            raise ValueError(f"Attention(variant={self.variant!r}) does not support {'; '.join(reasons)}")
 
     def _heads(self, t: Tensor) -> Tensor:
         B, N, _ = t.shape
@@ -210,7 +172,7 @@ class Attention(nn.Module):
         need_weights: bool = False,
     ):
         """``x (B, N, dim)``, ``context (B, Nk, kv_dim)`` -> ``(B, N, dim)`` or ``(out, weights (B, H, N, Nk))``."""
-        self._check_inputs(x, context, key_padding_mask, attn_mask, is_causal)
+        self._check_inputs(x, context, key_padding_mask, attn_mask, is_causal, need_weights)
         src = x if context is None else context
         if key_padding_mask is not None:
             if not isinstance(key_padding_mask, Tensor) or key_padding_mask.dtype != torch.bool \
@@ -227,18 +189,19 @@ class Attention(nn.Module):
             attn_mask=attn_mask, key_padding_mask=key_padding_mask, is_causal=is_causal,
             dropout_p=self.attn_drop if self.training else 0.0, need_weights=need_weights, impl=impl,
         )
-        if self.variant == "primal":
+        var = R.get_variant(self.variant)
+        if "primal" in var.flags:
             res = self._primal(x, q, k, common)
         else:
             v = self._heads(self.v_proj(src))
-            res = DF.VARIANT_FUNCTIONS[self.variant](q, k, v, **common, **self._fn_options(q))
+            res = var.function(q, k, v, **common, **self._fn_options(q))
         out, w = res if need_weights else (res, None)
         out = self.proj_drop(self.out_proj(out.transpose(1, 2).reshape(B, N, self.dim)))
         return (out, w) if need_weights else out
 
     def _fn_options(self, q: Tensor) -> dict:
-        o = dict(self.options)
-        if self.variant in ("sh", "bn+sh") and o["pool"] == "conv":
+        o = R.get_variant(self.variant).function_options(self.options)
+        if o.get("pool") == "conv" and hasattr(self, "conv_k"):
             o["conv_weight_k"] = [self.conv_k[str(h)] if str(h) in self.conv_k else None for h in range(self.num_heads)]
             o["conv_weight_v"] = [self.conv_v[str(h)] if str(h) in self.conv_v else None for h in range(self.num_heads)]
         return o

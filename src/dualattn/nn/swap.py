@@ -5,6 +5,11 @@ Handles our :class:`~dualattn.nn.Attention` (e.g. inside :class:`~dualattn.nn.En
 projection outside, e.g. ``BertSelfAttention``) and ViT/Dinov2 style (``q_proj/k_proj/v_proj/o_proj``
 in one module). The pretrained q/k/v/o linears are reused as they are (shared, not copied),
 so ``variant="softmax"`` reproduces the original model.
+
+Attention dropout: each replaced module keeps the original's attention-dropout rate unless
+``swap_attention(..., attn_drop=p)`` overrides it. A variant that cannot drop attention weights
+on its fast path (``linear``, ``linear-bn``: the O(N) path never forms them; ``primal``: no weights
+at all) fails at swap time, before any module is replaced, naming ``attn_drop=0.0`` as the fix.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from ..functional import registry as R
+from . import attention as _attention
 from .attention import Attention
 
 
@@ -36,7 +43,7 @@ class HFAttention(nn.Module):
     equal becomes a ``key_padding_mask``; any other mask is passed as ``attn_mask``.
     """
 
-    def __init__(self, original: nn.Module, variant: str, **variant_options):
+    def __init__(self, original: nn.Module, variant: str, *, attn_drop: Optional[float] = None, **variant_options):
         nn.Module.__init__(self)  # not super(): the dynamic subclass also derives from the HF class
         lin = _hf_linears(original)
         if lin is None:
@@ -48,10 +55,7 @@ class HFAttention(nn.Module):
                 f"HFAttention: {type(original).__name__} maps width {q.in_features} to {q.out_features} "
                 "(heads * head_dim); dualattn needs them equal"
             )
-        drop = getattr(original, "attention_dropout", None)
-        if drop is None:
-            d = getattr(original, "dropout", None)
-            drop = d.p if isinstance(d, nn.Dropout) else 0.0
+        drop = _hf_attn_drop(original) if attn_drop is None else attn_drop
         self.attn = Attention(q.in_features, H, variant, qkv_bias=q.bias is not None, attn_drop=float(drop),
                               **variant_options)
         self.attn.q_proj, self.attn.k_proj = q, k
@@ -93,6 +97,15 @@ class HFAttention(nn.Module):
         return res if need else (res, None)
 
 
+def _hf_attn_drop(m: nn.Module) -> float:
+    """Attention-dropout rate of a ``transformers`` attention module (``attention_dropout`` or ``dropout``)."""
+    drop = getattr(m, "attention_dropout", None)
+    if drop is None:
+        d = getattr(m, "dropout", None)
+        drop = d.p if isinstance(d, nn.Dropout) else 0.0
+    return float(drop)
+
+
 def _hf_collecting_attentions() -> bool:
     """True while a ``transformers`` model is collecting attention maps (``output_attentions=True``)."""
     try:
@@ -122,25 +135,32 @@ def _wrapper_class(original: nn.Module) -> type:
     return cls
 
 
-def _rebuild(old: Attention, variant: str, **variant_options) -> Attention:
-    new = Attention(old.dim, old.num_heads, variant, qkv_bias=old.q_proj.bias is not None, attn_drop=old.attn_drop,
+def _rebuild(old: Attention, variant: str, *, attn_drop: Optional[float] = None, **variant_options) -> Attention:
+    new = Attention(old.dim, old.num_heads, variant, qkv_bias=old.q_proj.bias is not None,
+                    attn_drop=old.attn_drop if attn_drop is None else attn_drop,
                     proj_drop=old.proj_drop.p, kv_dim=old.kv_dim, proj_bias=getattr(old.out_proj, "bias", None) is not None,
-                    **variant_options)
+                    fused=old.fused, **variant_options)
     new.q_proj, new.k_proj, new.out_proj = old.q_proj, old.k_proj, old.out_proj
     if new.v_proj is not None and old.v_proj is not None:
         new.v_proj = old.v_proj
     ref = old.q_proj.weight
     new.to(device=ref.device, dtype=ref.dtype)
-    new.fused = old.fused
     new.train(old.training)
     return new
 
 
-def swap_attention(model: nn.Module, variant: str, **variant_options) -> nn.Module:
+def swap_attention(model: nn.Module, variant: str, *, attn_drop: Optional[float] = None, **variant_options) -> nn.Module:
     """Replace, in place, every attention module of ``model`` by ``variant`` (weights reused); returns ``model``.
 
-    Raises ``ValueError`` if nothing was replaced.
+    ``attn_drop``: attention-dropout rate of the new modules (default: each original's own rate).
+    ``variant_options``: the variant's options (``dualattn.nn.VARIANT_OPTIONS``), validated before
+    anything is replaced. Raises ``ValueError`` if nothing was replaced, if the variant is unknown,
+    or if it cannot apply the (kept) attention dropout on its fast path (pass ``attn_drop=0.0``);
+    on any error the model is left unchanged.
     """
+    var = R.get_variant(variant)
+    if attn_drop is not None and not (isinstance(attn_drop, (int, float)) and 0.0 <= attn_drop < 1.0):
+        raise ValueError(f"swap_attention: `attn_drop` must be a float in [0, 1) or None (keep each module's), got {attn_drop!r}")
     targets = []
     for name, m in model.named_modules():
         if isinstance(m, Attention):  # ours, standalone or inside an HFAttention wrapper (name "....attn")
@@ -151,11 +171,25 @@ def swap_attention(model: nn.Module, variant: str, **variant_options) -> nn.Modu
             targets.append((name, m, "hf"))
     if not targets:
         raise ValueError(f"swap_attention: found no attention module in {type(model).__name__}")
+    if any(name == "" for name, _, _ in targets):
+        raise ValueError("swap_attention: pass the model that contains the attention, not the attention itself")
+    for name, m, kind in targets:  # attention dropout the variant cannot apply: say so now, not in training
+        drop = attn_drop if attn_drop is not None else (m.attn_drop if kind == "ours" else _hf_attn_drop(m))
+        fused = m.fused if kind == "ours" else _attention._FUSED_DEFAULT
+        reasons = var.not_supported(dropout_p=drop, impl="fast" if fused else "reference")
+        if reasons:
+            raise ValueError(
+                f"swap_attention: {name} ({type(m).__name__}) has attention dropout p={drop}, which variant "
+                f"{variant!r} cannot apply ({'; '.join(reasons)}). Pass attn_drop=0.0 to swap_attention to swap "
+                "without attention dropout" + ("" if "primal" in var.flags else
+                                               ", or call dualattn.nn.set_fused_attn(False) first for the O(N^2) reference path")
+            )
+    new_modules = []  # build every replacement before touching the model
     for name, m, kind in targets:
-        new = _rebuild(m, variant, **variant_options) if kind == "ours" else \
-            _wrapper_class(m)(m, variant, **variant_options)
-        if name == "":
-            raise ValueError("swap_attention: pass the model that contains the attention, not the attention itself")
+        new = _rebuild(m, variant, attn_drop=attn_drop, **variant_options) if kind == "ours" else \
+            _wrapper_class(m)(m, variant, attn_drop=attn_drop, **variant_options)
+        new_modules.append((name, new))
+    for name, new in new_modules:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, new)

@@ -12,7 +12,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-VARIANTS = ("softmax", "linear", "sparse", "bn", "sh", "bn+sh", "linear-bn", "primal")
+
+def __getattr__(name: str):
+    # ``VARIANTS``: the registered attention variants (a live view of dualattn.functional.registry),
+    # resolved lazily so that importing this module does not import torch.
+    if name == "VARIANTS":
+        from dualattn.functional.registry import VARIANT_NAMES
+
+        return VARIANT_NAMES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _Strict(BaseModel):
@@ -54,14 +62,24 @@ class ModelConfig(_Strict):
     @field_validator("variant")
     @classmethod
     def _known_variant(cls, v: str) -> str:
-        if v not in VARIANTS:
-            raise ValueError(f"unknown attention variant {v!r}; expected one of {VARIANTS}")
+        from dualattn.functional.registry import get_variant
+
+        get_variant(v)  # ValueError listing the registered names
         return v
 
     @model_validator(mode="after")
     def _shapes(self) -> "ModelConfig":
         if self.dim % self.num_heads:
             raise ValueError(f"model.dim={self.dim} must be divisible by model.num_heads={self.num_heads}")
+        # the variant's own option validators (the registry's), e.g. bn's eps > 0, sh's factors per head
+        from dualattn.functional.registry import get_variant
+
+        try:
+            get_variant(self.variant).validate_options(
+                self.variant_options, num_heads=self.num_heads, name=f"model.variant_options (variant {self.variant!r})"
+            )
+        except TypeError as exc:  # pydantic turns only ValueError/AssertionError into validation errors
+            raise ValueError(str(exc)) from None
         if self.kind == "vit" and self.image_size is not None and self.image_size % self.patch_size:
             raise ValueError(
                 f"model.image_size={self.image_size} must be divisible by model.patch_size={self.patch_size}"
