@@ -304,6 +304,9 @@ def write_report(out_dir: str | Path) -> Path:
         order = [h["name"] for h in (yaml.safe_load((out / "config.yaml").read_text()) or {}).get("heads", [])]
     rows = summarize(records, order)
     tasks = json.loads((out / "tasks.json").read_text()) if (out / "tasks.json").is_file() else {}
+    for r in rows:  # records from before the schema do not say whether the width was the backbone's
+        if r["full_width"] is None and r["task"] in tasks:
+            r["full_width"] = r["width"] == tasks[r["task"]].get("dim_raw")
     with (out / "summary.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
