@@ -48,3 +48,18 @@ def test_pre_schema_lines_are_upgraded(tmp_path):
     assert (r.width, r.tokens, r.beta, r.rel_gap, r.status, r.iterations) == (8, 5, 1.0, 0.24, "max_iter", 1000)
     assert r.certified is False and r.convex_head == "linear" and r.extra["cluster_plot"] == "plots/x.png"
     assert r.extra["upgraded_from_schema"] == 0
+
+
+def test_tasks_json_is_typed_and_pre_schema_files_upgrade(tmp_path):
+    from dualattn.transfer.records import TaskInfo, read_tasks, write_tasks
+
+    info = TaskInfo(task="digits", backbone="tiny-vit", n=60, tokens_raw=17, dim_raw=32, tokens=5, widths=[2, 32],
+                    grid=[4, 4], cache="/c", load_and_extract_s=1.5)
+    write_tasks(tmp_path, {"digits": info})
+    assert read_tasks(tmp_path) == {"digits": info}
+    old = {k: v for k, v in info.model_dump().items() if k not in ("schema_version", "widths")}
+    (tmp_path / "tasks.json").write_text(json.dumps({"digits": {**old, "pca_dim": 8}}))
+    assert read_tasks(tmp_path)["digits"].widths == [8]
+    (tmp_path / "tasks.json").write_text(json.dumps({"digits": {**old, "pca_dim": 8, "n": "many"}}))
+    with pytest.raises(RecordError, match="tasks.json: task 'digits': bad TaskInfo record: n"):
+        read_tasks(tmp_path)

@@ -5,6 +5,8 @@
 * :class:`BetaSelection`: how beta was chosen for one (task, head, width) on the
   validation split, including any automatic extension of the grid:
   ``out_dir/beta_selection.jsonl``.
+* :class:`TaskInfo`: what a task's features were (backbone, sizes, widths):
+  ``out_dir/tasks.json`` (one JSON object keyed by task name).
 
 Every line carries ``schema_version``; :func:`read_jsonl` validates each line
 and raises :class:`RecordError` naming the file and line of a bad record.
@@ -123,6 +125,56 @@ class BetaSelection(_Record):
     @property
     def key(self) -> tuple[str, str, int]:
         return (self.task, self.head, self.width)
+
+
+class TaskInfo(_Record):
+    """A task's features in a run: ``tokens_raw x dim_raw`` backbone tokens reduced to
+    ``tokens`` tokens at each of ``widths`` (``dim_raw`` = the full width, no PCA)."""
+
+    task: str
+    backbone: str
+    n: int
+    tokens_raw: int
+    dim_raw: int
+    tokens: int
+    widths: list[int]
+    grid: list[int] | None = None
+    cache: str
+    load_and_extract_s: float
+    description: str = ""
+    classes: list[str] = []
+    backbone_info: dict[str, Any] = {}
+
+
+def write_tasks(out_dir: str | Path, tasks: dict[str, TaskInfo]) -> Path:
+    """Write ``tasks.json`` (task name -> :class:`TaskInfo`)."""
+    path = Path(out_dir) / "tasks.json"
+    path.write_text(json.dumps({k: v.model_dump(mode="json") for k, v in tasks.items()}, indent=2, default=str))
+    return path
+
+
+def read_tasks(out_dir: str | Path) -> dict[str, TaskInfo]:
+    """``tasks.json`` of a run directory, validated (``{}`` when missing); pre-schema files are upgraded."""
+    path = Path(out_dir) / "tasks.json"
+    if not path.is_file():
+        return {}
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise RecordError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(raw, dict):
+        raise RecordError(f"{path}: expected an object keyed by task name, got {type(raw).__name__}")
+    out = {}
+    for name, info in raw.items():
+        if isinstance(info, dict) and "schema_version" not in info:  # before the schema: one PCA width
+            info = {**{k: v for k, v in info.items() if k != "pca_dim"}, "schema_version": SCHEMA_VERSION,
+                    "widths": info.get("widths") or [info.get("pca_dim")]}
+        try:
+            out[name] = TaskInfo.model_validate(info)
+        except ValidationError as e:
+            errors = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'record'}: {err['msg']}" for err in e.errors())
+            raise RecordError(f"{path}: task {name!r}: bad TaskInfo record: {errors}") from None
+    return out
 
 
 R = TypeVar("R", bound=_Record)

@@ -10,7 +10,6 @@ widths, ``plots/accuracy-vs-width.png``.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from dualattn.transfer.records import BetaSelection, TransferResult, read_beta_selections, read_results
+from dualattn.transfer.records import BetaSelection, TransferResult, read_beta_selections, read_results, read_tasks
 
 BASELINE_HEADS = ("linear-probe", "mlp")
 ATTENTION_HEADS = ("linear", "gated", "relu")  # dualattn.convex self-attention head types
@@ -303,10 +302,10 @@ def write_report(out_dir: str | Path) -> Path:
 
         order = [h["name"] for h in (yaml.safe_load((out / "config.yaml").read_text()) or {}).get("heads", [])]
     rows = summarize(records, order)
-    tasks = json.loads((out / "tasks.json").read_text()) if (out / "tasks.json").is_file() else {}
+    tasks = read_tasks(out)
     for r in rows:  # records from before the schema do not say whether the width was the backbone's
         if r["full_width"] is None and r["task"] in tasks:
-            r["full_width"] = r["width"] == tasks[r["task"]].get("dim_raw")
+            r["full_width"] = r["width"] == tasks[r["task"]].dim_raw
     with (out / "summary.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -319,11 +318,10 @@ def write_report(out_dir: str | Path) -> Path:
         plot_width(rows, plots / "accuracy-vs-width.png")
     lines = ["# Transfer learning: convex vs baseline heads on frozen backbones", ""]
     for name, t in tasks.items():
-        widths = t.get("widths") or [t.get("pca_dim")]
-        lines.append(f"- **{name}**: backbone `{t['backbone']}`, {t['n']} examples ({t['description']}); "
-                     f"{t['tokens_raw']} tokens x {t['dim_raw']} reduced to s={t['tokens']} tokens x "
-                     f"d in {widths} (PCA fitted on the training split; d={t['dim_raw']} = no PCA); "
-                     f"backbone load + feature extraction (or cache read) {t['load_and_extract_s']:.0f} s "
+        lines.append(f"- **{name}**: backbone `{t.backbone}`, {t.n} examples ({t.description}); "
+                     f"{t.tokens_raw} tokens x {t.dim_raw} reduced to s={t.tokens} tokens x "
+                     f"d in {t.widths} (PCA fitted on the training split; d={t.dim_raw} = no PCA); "
+                     f"backbone load + feature extraction (or cache read) {t.load_and_extract_s:.0f} s "
                      "in the last run.")
     lines += ["", "Mean ± sample std over seeds (each seed = a different split and head init). "
               "Objective = summed loss + beta·penalty (the convex program's scale); "

@@ -24,7 +24,6 @@ record says whether it got there (``certified``, ``status``, ``rel_gap``).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,8 +35,8 @@ import yaml
 from dualattn.transfer.config import HeadConfig, TaskConfig, TransferConfig, load_config
 from dualattn.transfer.features import TokenPCA, extract_features, reduce_tokens
 from dualattn.transfer.heads import HeadResult, fit_baseline, fit_nonconvex_counterpart
-from dualattn.transfer.records import (BetaSelection, SolveInfo, TransferResult, append_jsonl, finite_or_none,
-                                       read_beta_selections, read_results)
+from dualattn.transfer.records import (BetaSelection, SolveInfo, TaskInfo, TransferResult, append_jsonl,
+                                       finite_or_none, read_beta_selections, read_results, read_tasks, write_tasks)
 
 __all__ = ["TaskConfig", "HeadConfig", "TransferConfig", "load_config", "run_transfer", "feature_cache_root",
            "task_features", "prepare_split", "inner_split", "select_beta", "resolve_solver", "fit_convex_head"]
@@ -228,20 +227,18 @@ class _Run:
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
         self.done = {r.key for r in read_results(out)}
         self.selections = {s.key: s for s in read_beta_selections(out)}
-        tasks_path = out / "tasks.json"
-        tasks_info = json.loads(tasks_path.read_text()) if tasks_path.is_file() else {}
+        tasks_info = read_tasks(out)
         cache_root = feature_cache_root(cfg)
         for tc in cfg.tasks:
-            known = tasks_info.get(tc.name, {})
-            if known.get("backbone") == tc.backbone and known.get("dim_raw") and not self._todo(tc, known["dim_raw"]):
+            known = tasks_info.get(tc.name)
+            if known is not None and known.backbone == tc.backbone and not self._todo(tc, known.dim_raw):
                 continue
             torch.set_num_threads(cfg.extract_threads)
             task, fs, info = task_features(tc, cache_root, cfg.progress)
             torch.set_num_threads(cfg.head_threads)
             C = info["dim_raw"]
-            tasks_info[tc.name] = {**info, "tokens": tc.tokens, "widths": tc.resolve_widths(C),
-                                   "pca_dim": tc.pca_dim}
-            tasks_path.write_text(json.dumps(tasks_info, indent=2, default=str))
+            tasks_info[tc.name] = TaskInfo(**info, tokens=tc.tokens, widths=tc.resolve_widths(C))
+            write_tasks(out, tasks_info)
             self._run_task(tc, task, fs, C)
 
     def _plan(self, tc: TaskConfig, C: int) -> list[tuple[HeadConfig, int]]:
