@@ -6,8 +6,8 @@ import yaml
 from typer.testing import CliRunner
 
 from dualattn.cli import app
-from dualattn.transfer import TransferConfig, load_config, read_beta_selections, read_results, run_transfer
-from dualattn.transfer.runner import resolve_solver, select_beta
+from dualattn.transfer import load_config, read_beta_selections, read_results, run_transfer
+from dualattn.transfer.runner import select_beta
 
 CONFIG = {
     "name": "tiny",
@@ -108,43 +108,6 @@ def test_select_beta_extends_the_grid_at_an_edge_up_to_the_limit():
     assert (best, extended, edge) == (1.0, [], None) and calls == [0.1, 1.0, 10.0]
     best, _, extended, edge = select_beta(lambda b: 0.5, [1.0, 10.0], max_extend=1)  # ties -> larger beta
     assert (best, extended, edge) == (100.0, [100.0], "upper")
-
-
-def test_width_validation_and_solver_fallback():
-    from dualattn.convex.api import SOLVERS
-
-    tc = TransferConfig.model_validate(CONFIG).tasks[0]
-    assert tc.resolve_widths(32) == [2, 3, 32]
-    with pytest.raises(ValueError, match="width 64 exceeds the backbone width 32"):
-        tc.model_copy(update={"widths": [8, 64]}).resolve_widths(32)
-    with pytest.raises(ValueError, match="pca_dim .* or widths"):
-        TransferConfig.model_validate(dict(CONFIG, tasks=[dict(CONFIG["tasks"][0], pca_dim=4)]))
-    with pytest.raises(ValueError, match="width 5 is not among"):
-        TransferConfig.model_validate(dict(CONFIG, heads=[dict(CONFIG["heads"][2], widths=[5])]))
-    with pytest.raises(ValueError, match="beta_grid"):
-        TransferConfig.model_validate(dict(CONFIG, heads=[dict(CONFIG["heads"][0], beta_grid=[1.0])]))
-    assert resolve_solver("auto") == ("auto" if "auto" in SOLVERS else "fista")
-    assert resolve_solver("fista") == "fista"
-    with pytest.raises(ValueError, match="solver"):
-        resolve_solver("newton")
-
-
-def test_shipped_configs_validate():
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2] / "configs"
-    for name in ("transfer.yaml", "transfer-quick.yaml", "transfer-width.yaml"):
-        load_config(root / name)
-
-
-def test_config_validation_names_the_problem():
-    bad = dict(CONFIG, heads=[{"name": "convex:x", "kind": "convex"}])
-    with pytest.raises(ValueError, match="needs head"):
-        TransferConfig.model_validate(bad)
-    with pytest.raises(ValueError, match="seeds"):
-        TransferConfig.model_validate(dict(CONFIG, seeds=[]))
-    with pytest.raises(ValueError, match="unique"):
-        TransferConfig.model_validate(dict(CONFIG, heads=[CONFIG["heads"][0]] * 2))
 
 
 def test_backbone_prepare_rejects_unknown_name():
