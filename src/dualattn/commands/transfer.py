@@ -48,12 +48,14 @@ def transfer(
     config: Path = typer.Argument(..., exists=True, dir_okay=False, help="YAML config (see configs/transfer*.yaml)"),
     out_dir: str = typer.Option(None, "--out", help="override out_dir from the config"),
     report_only: bool = typer.Option(False, "--report-only", help="only rebuild report.md from results.jsonl"),
+    strict: bool = typer.Option(False, "--strict", help="exit with status 3 when a convex solve is not certified "
+                                                        "to certify_tol (the report is written first)"),
 ) -> None:
     """Fit convex and baseline heads on frozen backbone features; write a report."""
     from pydantic import ValidationError
 
-    from dualattn.transfer import RecordError, load_config, run_transfer
-    from dualattn.transfer.report import write_report
+    from dualattn.transfer import RecordError, load_config, read_beta_selections, read_results, run_transfer
+    from dualattn.transfer.report import not_certified, write_report
 
     try:
         cfg = load_config(config)
@@ -68,6 +70,12 @@ def transfer(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from e
     typer.echo(f"wrote {path}")
+    missed = not_certified(read_results(cfg.out_dir), read_beta_selections(cfg.out_dir))
+    if missed:
+        typer.echo(f"warning: {len(missed)} convex solve(s) not certified to a relative gap of "
+                   f"{cfg.certify_tol:g}:\n" + "\n".join(missed), err=True)
+        if strict:
+            raise typer.Exit(3)
 
 
 def register(app: typer.Typer) -> None:
