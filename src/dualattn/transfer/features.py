@@ -8,12 +8,16 @@ features are reduced before fitting heads:
 * :func:`pool_sequence`: text analogue, CLS + means of ``s - 1`` contiguous
   segments of the real tokens;
 * :class:`TokenPCA`: PCA of the feature dimension to ``d``, fitted on the
-  training split only.
+  training split only; ``TokenPCA(None)`` keeps the backbone's full width
+  (centring and scaling only, no projection).
+
+The feature cache lives under ``<cache root>/features`` (the project's common
+cache root, :func:`dualattn.data.base.resolve_cache_dir`), one folder per
+:func:`dualattn.data.base.params_hash` of (task, size, backbone, options).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,11 +60,6 @@ class FeatureSet:
         """Rows ``idx`` loaded into memory."""
         return FeatureSet(np.asarray(self.tokens[idx]), np.asarray(self.mask[idx]),
                           np.asarray(self.y[idx]), self.grid, dict(self.meta))
-
-
-def cache_key(**parts: Any) -> str:
-    """Short stable hash of the JSON-serialisable ``parts`` (backbone, task, options)."""
-    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def extract_features(backbone, inputs: Sequence[Any] | np.ndarray, y: np.ndarray, *,
@@ -196,12 +195,13 @@ class TokenPCA:
     ``transform(X) = (X - mu) V_d^T / sigma`` with ``mu``, ``V_d`` (top-``d``
     right singular vectors) and the scalar ``sigma`` (RMS of the projected
     training tokens, so the output has unit mean square per coordinate) all
-    computed from the ``fit`` data.
+    computed from the ``fit`` data. ``d=None`` keeps the full width ``C``:
+    ``transform(X) = (X - mu) / sigma`` (no projection, no rotation).
     """
 
-    def __init__(self, d: int):
-        if d < 1:
-            raise ValueError(f"d: must be >= 1, got {d}")
+    def __init__(self, d: int | None):
+        if d is not None and d < 1:
+            raise ValueError(f"d: must be >= 1 (or None for the full width), got {d}")
         self.d = d
         self.mean_: np.ndarray | None = None
         self.components_: np.ndarray | None = None
@@ -209,32 +209,45 @@ class TokenPCA:
         self.explained_variance_ratio_: np.ndarray | None = None
         self.n_fit_: int | None = None
 
+    @property
+    def projects(self) -> bool:
+        """False for the full-width identity (``d=None``)."""
+        return self.d is not None
+
     def fit(self, X: np.ndarray) -> "TokenPCA":
         """Fit on ``X (n, s, C)`` (all tokens of the training rows)."""
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 3:
             raise ValueError(f"X: expected (n, s, C), got {X.shape}")
         flat = X.reshape(-1, X.shape[-1])
-        if self.d > min(flat.shape):
-            raise ValueError(f"d: {self.d} exceeds min(n*s, C) = {min(flat.shape)}")
         self.mean_ = flat.mean(0)
-        _, sv, vt = np.linalg.svd(flat - self.mean_, full_matrices=False)
-        self.components_ = vt[: self.d]
-        var = sv ** 2
-        self.explained_variance_ratio_ = var[: self.d] / var.sum()
-        proj = (flat - self.mean_) @ self.components_.T
+        centred = flat - self.mean_
+        if self.d is None:
+            self.components_ = None
+            self.explained_variance_ratio_ = np.ones(1)
+            proj = centred
+        else:
+            if self.d > min(flat.shape):
+                raise ValueError(f"d: {self.d} exceeds min(n*s, C) = {min(flat.shape)}")
+            _, sv, vt = np.linalg.svd(centred, full_matrices=False)
+            self.components_ = vt[: self.d]
+            var = sv ** 2
+            self.explained_variance_ratio_ = var[: self.d] / var.sum()
+            proj = centred @ self.components_.T
         self.scale_ = float(np.sqrt((proj ** 2).mean())) or 1.0
         self.n_fit_ = X.shape[0]
         return self
 
     def transform(self, X: np.ndarray) -> np.ndarray:
-        """``(n, s, C) -> (n, s, d)`` float32."""
-        if self.components_ is None:
+        """``(n, s, C) -> (n, s, d)`` float32 (``(n, s, C)`` for the full width)."""
+        if self.mean_ is None:
             raise RuntimeError("TokenPCA: call fit() first")
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 3 or X.shape[-1] != self.mean_.shape[0]:
             raise ValueError(f"X: expected (n, s, {self.mean_.shape[0]}), got {X.shape}")
-        return (((X - self.mean_) @ self.components_.T) / self.scale_).astype(np.float32)
+        centred = X - self.mean_
+        proj = centred if self.components_ is None else centred @ self.components_.T
+        return (proj / self.scale_).astype(np.float32)
 
     def fit_transform(self, X: np.ndarray) -> np.ndarray:
         return self.fit(X).transform(X)

