@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import functional as DF
+from ..functional.primal import KSVD_REDUCTIONS, POSITIONS, primal_projections
 from ..functional.sh import POOLS, check_factors, default_factors
 
 VARIANTS = ("softmax", "linear", "sparse", "bn", "sh", "bn+sh", "linear-bn", "primal")
@@ -27,7 +28,8 @@ VARIANT_OPTIONS: Dict[str, Dict[str, object]] = {
     "sh": {"factors": None, "pool": "avg"},
     "bn+sh": {"factors": None, "pool": "avg", "beta": 1.0, "eps": 1e-5},
     "linear-bn": {"beta": 1.0, "eps": 1e-5, "chunk_size": 64},
-    "primal": {"low_rank": 20, "num_samples": None},
+    "primal": {"low_rank": 20, "num_samples": None, "positions": "linspace-trunc",
+               "ksvd_reduction": "batch-mean-squared", "init": "authors"},
 }
 
 #: What each variant supports; ``why_not`` explains an unsupported feature.
@@ -55,6 +57,9 @@ WHY_NOT = {
     ("bn+sh", "attn_mask"): "a mask over the original keys has no unique meaning for pooled keys (factors > 1)",
 }
 
+#: ``init`` option of variant "primal" (see ``Attention._init_primal``).
+PRIMAL_INITS = ("authors", "per-head")
+
 _FUSED_DEFAULT = os.environ.get("DUALATTN_FUSED_ATTN", "1") != "0"
 
 
@@ -80,7 +85,8 @@ class Attention(nn.Module):
         kv_dim: width of ``context`` for cross-attention (default ``dim``).
         proj_bias: bias of the output projection ``W_O``.
         **variant_options: see ``VARIANT_OPTIONS`` (e.g. ``factors``/``pool`` for SH, ``beta``/``eps``
-            for BN, ``pattern``/``window``/``stride``/``topk`` for sparse, ``low_rank`` for primal).
+            for BN, ``pattern``/``window``/``stride``/``topk`` for sparse, ``low_rank``/``num_samples``/
+            ``positions``/``ksvd_reduction``/``init`` for primal: see docs/primal.md).
 
     ``self.fused`` (per instance) selects the fast path; False forces the reference path.
     """
@@ -148,19 +154,33 @@ class Attention(nn.Module):
                     self.conv_v[str(h)] = nn.Parameter(torch.full((self.head_dim, r), 1.0 / r))
 
     def _init_primal(self) -> None:
-        s = self.options["low_rank"]
+        """``W~_e, W~_r`` (H, n, s), ``Lambda`` (H, s) ~ U[0, 1), ``W_c``: 2s -> head_dim.
+
+        ``init="authors"``: ``orthogonal_`` on the whole ``(H, n, s)`` tensor, i.e. the H
+        flattened ``n*s`` rows are orthonormal (each head's ``W~`` has unit Frobenius norm,
+        ``diag(W~^T W~)`` about ``1/s``); ``"per-head"``: each head's ``(n, s)`` has orthonormal
+        columns (``W~^T W~ = I``).
+        """
+        o = self.options
+        s = o["low_rank"]
         if not (isinstance(s, int) and s >= 1):
             raise ValueError(f"Attention: `low_rank` must be a positive int, got {s!r}")
-        n = self.options["num_samples"] or 10 * s
+        n = o["num_samples"] or 10 * s
         if not (isinstance(n, int) and n >= 1):
             raise ValueError(f"Attention: `num_samples` must be a positive int, got {n!r}")
-        self.options["num_samples"] = n
+        for key, allowed in (("positions", POSITIONS), ("ksvd_reduction", KSVD_REDUCTIONS), ("init", PRIMAL_INITS)):
+            if o[key] not in allowed:
+                raise ValueError(f"Attention: `{key}` must be one of {allowed}, got {o[key]!r}")
+        o["num_samples"] = n
         H = self.num_heads
         self.w_e = nn.Parameter(torch.empty(H, n, s))
         self.w_r = nn.Parameter(torch.empty(H, n, s))
         for w in (self.w_e, self.w_r):
-            for h in range(H):
-                nn.init.orthogonal_(w.data[h])
+            if o["init"] == "authors":
+                nn.init.orthogonal_(w.data)
+            else:
+                for h in range(H):
+                    nn.init.orthogonal_(w.data[h])
         self.lam = nn.Parameter(torch.rand(H, s))
         self.w_c = nn.Linear(2 * s, self.head_dim)
         self._ksvd_terms = None
@@ -244,12 +264,9 @@ class Attention(nn.Module):
         return o
 
     def _primal(self, x: Tensor, q: Tensor, k: Tensor, common: dict):
-        B, N, _ = x.shape
-        n = self.options["num_samples"]
-        idx = torch.linspace(0, N - 1, n, device=x.device).round().long()  # evenly spaced sample positions
-        xs = x[:, idx].view(B, n, self.num_heads, self.head_dim).permute(0, 2, 3, 1)  # (B, H, d, n)
-        w_e = xs @ self.w_e.to(x.dtype)  # (B, H, d, s): W_e(X) = X_sub^T W~_e
-        w_r = xs @ self.w_r.to(x.dtype)
+        # W_e(X) = X_sub^T W~_e from each sequence's real tokens (padding-invariant)
+        w_e, w_r = primal_projections(x, self.w_e, self.w_r, self.num_heads, common["key_padding_mask"],
+                                      positions=self.options["positions"])
         common = {**common, "dropout_p": 0.0}
         res = DF.primal_attention(q, k, w_e=w_e, w_r=w_r, **common)
         scores, w = res if common["need_weights"] else (res, None)
@@ -265,7 +282,8 @@ class Attention(nn.Module):
         if self._ksvd_terms is None:
             raise RuntimeError("Attention.ksvd_loss: call forward first")
         e, r, mask = self._ksvd_terms
-        return DF.ksvd_loss(e, r, self.lam.to(e.dtype), self.w_e.to(e.dtype), self.w_r.to(e.dtype), mask=mask)
+        return DF.ksvd_loss(e, r, self.lam.to(e.dtype), self.w_e.to(e.dtype), self.w_r.to(e.dtype), mask=mask,
+                            reduction=self.options["ksvd_reduction"])
 
 
 def ksvd_regularizer(model: nn.Module) -> Tensor:
