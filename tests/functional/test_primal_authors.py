@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dualattn.functional.primal import init_projection_
 from dualattn.nn import Attention, ksvd_regularizer
 
 
@@ -300,6 +301,11 @@ def test_orthogonal_init(init):
             torch.testing.assert_close(gram.diagonal(dim1=1, dim2=2).sum(-1), torch.ones(HEADS), atol=1e-5, rtol=0)
         else:
             torch.testing.assert_close(gram, eye.expand_as(gram), atol=1e-5, rtol=0)
+    if init == "authors":  # same RNG stream -> the very tensor of the authors' expression
+        torch.manual_seed(3)
+        ref = nn.init.orthogonal_(torch.Tensor(HEADS, SAMPLES, RANK))
+        torch.manual_seed(3)
+        torch.testing.assert_close(init_projection_(torch.empty(HEADS, SAMPLES, RANK)), ref, atol=0, rtol=0)
 
 
 def test_authors_lra_code_is_not_padding_invariant():

@@ -40,6 +40,7 @@ from ._common import check_common
 FEATURE_MAPS = ("cos",)
 POSITIONS = ("linspace-trunc", "round")
 KSVD_REDUCTIONS = ("batch-mean-squared", "per-sample")
+INITS = ("authors", "per-head")
 
 
 def _check_w(w: Tensor, arg: str, B: int, H: int, D: int, ref: Tensor, name: str) -> Tensor:
@@ -157,6 +158,24 @@ def sample_positions(lengths: Union[int, Sequence[int]], n: int, mode: str = "li
     pos = torch.tensor([p for p, _ in rows], dtype=torch.long).view(len(rows), n)
     valid = torch.arange(n)[None, :] < torch.tensor([u for _, u in rows], dtype=torch.long)[:, None]
     return pos, valid
+
+
+def init_projection_(w: Tensor, init: str = "authors") -> Tensor:
+    """Orthogonal init of ``W~`` (H, n, s) in place.
+
+    ``"authors"``: ``nn.init.orthogonal_`` on the 3-D tensor, i.e. the H flattened ``n*s`` rows
+    are orthonormal (each head's ``W~`` has unit Frobenius norm, ``tr(W~_h^T W~_h) = 1``);
+    ``"per-head"``: each head's ``(n, s)`` block has orthonormal columns (``W~_h^T W~_h = I``).
+    """
+    if init not in INITS:
+        raise ValueError(f"init_projection_: `init` must be one of {INITS}, got {init!r}")
+    with torch.no_grad():
+        if init == "authors":
+            torch.nn.init.orthogonal_(w)
+        else:
+            for h in range(w.shape[0]):
+                torch.nn.init.orthogonal_(w[h])
+    return w
 
 
 def primal_projections(

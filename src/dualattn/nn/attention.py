@@ -14,7 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from .. import functional as DF
-from ..functional.primal import KSVD_REDUCTIONS, POSITIONS, primal_projections
+from ..functional.primal import INITS as PRIMAL_INITS
+from ..functional.primal import KSVD_REDUCTIONS, POSITIONS, init_projection_, primal_projections
 from ..functional.sh import POOLS, check_factors, default_factors
 
 VARIANTS = ("softmax", "linear", "sparse", "bn", "sh", "bn+sh", "linear-bn", "primal")
@@ -56,9 +57,6 @@ WHY_NOT = {
     ("sh", "attn_mask"): "a mask over the original keys has no unique meaning for pooled keys (factors > 1)",
     ("bn+sh", "attn_mask"): "a mask over the original keys has no unique meaning for pooled keys (factors > 1)",
 }
-
-#: ``init`` option of variant "primal" (see ``Attention._init_primal``).
-PRIMAL_INITS = ("authors", "per-head")
 
 _FUSED_DEFAULT = os.environ.get("DUALATTN_FUSED_ATTN", "1") != "0"
 
@@ -154,13 +152,7 @@ class Attention(nn.Module):
                     self.conv_v[str(h)] = nn.Parameter(torch.full((self.head_dim, r), 1.0 / r))
 
     def _init_primal(self) -> None:
-        """``W~_e, W~_r`` (H, n, s), ``Lambda`` (H, s) ~ U[0, 1), ``W_c``: 2s -> head_dim.
-
-        ``init="authors"``: ``orthogonal_`` on the whole ``(H, n, s)`` tensor, i.e. the H
-        flattened ``n*s`` rows are orthonormal (each head's ``W~`` has unit Frobenius norm,
-        ``diag(W~^T W~)`` about ``1/s``); ``"per-head"``: each head's ``(n, s)`` has orthonormal
-        columns (``W~^T W~ = I``).
-        """
+        """``W~_e, W~_r`` (H, n, s) (``init_projection_``), ``Lambda`` (H, s) ~ U[0, 1), ``W_c``: 2s -> head_dim."""
         o = self.options
         s = o["low_rank"]
         if not (isinstance(s, int) and s >= 1):
@@ -175,12 +167,8 @@ class Attention(nn.Module):
         H = self.num_heads
         self.w_e = nn.Parameter(torch.empty(H, n, s))
         self.w_r = nn.Parameter(torch.empty(H, n, s))
-        for w in (self.w_e, self.w_r):
-            if o["init"] == "authors":
-                nn.init.orthogonal_(w.data)
-            else:
-                for h in range(H):
-                    nn.init.orthogonal_(w.data[h])
+        init_projection_(self.w_e, o["init"])
+        init_projection_(self.w_r, o["init"])
         self.lam = nn.Parameter(torch.rand(H, s))
         self.w_c = nn.Linear(2 * s, self.head_dim)
         self._ksvd_terms = None
