@@ -90,3 +90,15 @@ def test_gpu_check_without_gpu_exits_with_a_message(tmp_path):
 def test_gpu_check_rejects_unknown_arguments(tmp_path):
     res = _script("--bogus", tmp_path=tmp_path)
     assert res.returncode == 2 and "unknown argument '--bogus'" in res.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_sdpa_backends_on_cuda():
+    cell = dict(n=256, heads=2, head_dim=64, device="cuda", threads=None)
+    for dtype in ("float16", "bfloat16"):
+        for backend in ("flash", "efficient"):
+            res = run_memory(Case("sdpa", dtype=dtype, sdpa_backend=backend, **cell))
+            assert res["status"] == "ok", (dtype, backend, res)
+    res = run_memory(Case("sdpa", dtype="float32", sdpa_backend="flash", **cell))
+    assert res["status"] == "error"  # flash has no float32 kernel on CUDA: refused, not a silent fallback

@@ -199,3 +199,22 @@ def test_reductions_differ_only_across_samples():
     ps = A.ksvd_loss(e, r, lam, w, w, reduction="per-sample")
     assert bms < ps  # Jensen: (mean x)^2 <= mean x^2, strict for distinct samples
     torch.testing.assert_close(A.ksvd_loss(e[:1], r[:1], lam, w, w), A.ksvd_loss(e[:1], r[:1], lam, w, w, reduction="per-sample"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_low_precision_padding(dtype):
+    """On CUDA in fp16/bf16: finite everywhere, padding-invariant, close to the float64 CPU result."""
+    torch.manual_seed(0)
+    a = Attention(64, 4, "primal", low_rank=4)
+    seqs = [torch.randn(L, 64) for L in (100, 37)]
+    x, kpm = pad_to(seqs, 128, fill=float("nan"))
+    ref = a.double()(x.double(), key_padding_mask=kpm)
+    a = a.to("cuda", dtype)
+    out = a(x.to("cuda", dtype), key_padding_mask=kpm.cuda())
+    assert torch.isfinite(out).all()
+    tol = 2e-2 if dtype == torch.float16 else 1e-1
+    assert (out.double().cpu()[kpm] - ref[kpm]).abs().max() < tol
+    alone = a(seqs[1][None].to("cuda", dtype))
+    assert (alone[0].float() - out[1][kpm[1].cuda()].float()).abs().max() < tol
