@@ -55,6 +55,10 @@ def attention(
     heads: int = typer.Option(8, "--heads", min=1),
     head_dim: int = typer.Option(64, "--head-dim", min=1),
     dtype: str = typer.Option("float32", "--dtype", help="float32, float16, bfloat16 or float64."),
+    sdpa_backend: str = typer.Option(
+        "auto", "--sdpa-backend",
+        help="Restrict every SDPA call (SDPA and our fast paths on it) to one kernel: auto, flash, efficient, "
+             "cudnn or math (torch.nn.attention.sdpa_kernel); a call it cannot serve is recorded as an error."),
     out: Path = typer.Option(Path("benchmarks/results"), "--out", help="Output directory (CSV, PNG, MD)."),
     quick: bool = typer.Option(False, "--quick", help=f"Smoke run: N={','.join(map(str, QUICK_SEQ_LENS))}, "
                                                       "3 repeats, 2 s per cell."),
@@ -75,7 +79,7 @@ def attention(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     kwargs = dict(methods=parse_methods(methods), device=device, warmup=warmup, min_repeats=min_repeats,
                   threads=threads, mem_cap_gb=mem_cap_gb, reuse_first_call_s=reuse_first_call_s, batch=batch, heads=heads, head_dim=head_dim,
-                  dtype=dtype, out_dir=out, resume=resume, isolate=isolate, cell_timeout_s=cell_timeout_s)
+                  dtype=dtype, sdpa_backend=sdpa_backend, out_dir=out, resume=resume, isolate=isolate, cell_timeout_s=cell_timeout_s)
     if seq_lens is not None:
         kwargs["seq_lens"] = parse_int_list(seq_lens, "seq-lens")
     try:
@@ -87,7 +91,7 @@ def attention(
         raise typer.BadParameter(str(exc)) from None
     console = Console()
     cap = config.mem_cap_bytes()
-    console.print(f"device={config.device} dtype={config.dtype} B={config.batch} H={config.heads} "
+    console.print(f"device={config.device} dtype={config.dtype} sdpa_backend={config.sdpa_backend} B={config.batch} H={config.heads} "
                   f"D={config.head_dim} threads={config.threads} N={list(config.seq_lens)} "
                   f"mem cap={'none' if cap is None else f'{cap / 2**30:.1f} GiB'}")
     rows = run_benchmark(config, progress=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 COLUMNS: tuple[str, ...] = (
-    "method", "label", "impl", "n", "batch", "heads", "head_dim", "device", "dtype", "threads",
+    "method", "label", "impl", "n", "batch", "heads", "head_dim", "device", "dtype", "sdpa_backend", "threads",
     "status", "reason", "time_ms", "time_iqr_ms", "time_q1_ms", "time_q3_ms", "time_min_ms",
     "repeats", "first_call_ms", "peak_mem_mb", "process_peak_mem_mb", "est_mem_mb",
     "time_ratio_sdpa", "time_ratio_sdpa_paired", "mem_ratio_sdpa", "mem_method", "torch_version", "timestamp",
@@ -32,7 +32,8 @@ BN_SH_MAX_MEM_GB = 24.0
 
 
 def _group_key(row: dict[str, Any]) -> tuple:
-    return (row["n"], row["batch"], row["heads"], row["head_dim"], row["device"], row["dtype"])
+    return (row["n"], row["batch"], row["heads"], row["head_dim"], row["device"], row["dtype"],
+            row.get("sdpa_backend") or "auto")
 
 
 def _ok(row: dict[str, Any] | None) -> bool:
@@ -42,8 +43,8 @@ def _ok(row: dict[str, Any] | None) -> bool:
 def add_ratios(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Set ``time_ratio_sdpa = time_ms / time_ms[sdpa]`` and ``mem_ratio_sdpa`` likewise.
 
-    The SDPA row is the one with the same N, batch, heads, head_dim, device
-    and dtype; ratios are None when either side did not run.
+    The SDPA row is the one with the same N, batch, heads, head_dim, device,
+    dtype and sdpa_backend; ratios are None when either side did not run.
     """
     base = {_group_key(r): r for r in rows if r["method"] == BASELINE and _ok(r)}
     out = []

@@ -23,7 +23,7 @@ import torch
 from dualattn.bench.memory import available_memory_bytes
 from dualattn.bench.methods import DEFAULT_METHODS, get_method
 from dualattn.bench.results import COLUMNS, add_ratios, evaluate_targets, markdown_table, plot, read_csv, write_csv
-from dualattn.bench.worker import DTYPES, RESULT_PREFIX, Case, TimingPlan, run_memory, run_timing
+from dualattn.bench.worker import DTYPES, RESULT_PREFIX, SDPA_BACKENDS, Case, TimingPlan, run_memory, run_timing
 
 DEFAULT_SEQ_LENS: tuple[int, ...] = (512, 1024, 2048, 4096, 8192, 16384)
 QUICK_SEQ_LENS: tuple[int, ...] = (256, 512, 1024)
@@ -47,6 +47,7 @@ class BenchConfig:
     heads: int = 8
     head_dim: int = 64
     dtype: str = "float32"
+    sdpa_backend: str = "auto"  # restrict every SDPA call to one kernel (see worker.sdpa_backend_context)
     threads: int | None = 2
     warmup: int = 1
     repeats: int = 5
@@ -74,6 +75,10 @@ class BenchConfig:
             raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:<i>', got {self.device!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype: expected one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.sdpa_backend not in SDPA_BACKENDS:
+            raise ValueError(f"sdpa_backend: expected one of {SDPA_BACKENDS}, got {self.sdpa_backend!r}")
+        if self.device.startswith("cuda") and self.sdpa_backend == "flash" and self.dtype not in ("float16", "bfloat16"):
+            raise ValueError(f"sdpa_backend: flash attention on CUDA needs dtype float16 or bfloat16, got {self.dtype!r}")
         if self.mem_cap_gb is not None and self.mem_cap_gb <= 0:
             raise ValueError(f"mem_cap_gb: expected a positive number or None, got {self.mem_cap_gb!r}")
         self.plan  # validates repeats / min_repeats / budget_s / warmup
@@ -97,7 +102,8 @@ class BenchConfig:
 
     def cases(self, n: int) -> list[Case]:
         return [Case(method=m, n=n, batch=self.batch, heads=self.heads, head_dim=self.head_dim,
-                     device=self.device, dtype=self.dtype, threads=self.threads) for m in self.methods]
+                     device=self.device, dtype=self.dtype, threads=self.threads, sdpa_backend=self.sdpa_backend)
+                for m in self.methods]
 
     def mem_cap_bytes(self) -> int | None:
         if self.mem_cap_gb is not None:
@@ -116,6 +122,7 @@ def base_row(case: Case) -> dict[str, Any]:
     row.update({
         "method": case.method, "label": m.label, "impl": m.impl, "n": case.n, "batch": case.batch,
         "heads": case.heads, "head_dim": case.head_dim, "device": case.device, "dtype": case.dtype,
+        "sdpa_backend": case.sdpa_backend,
         "threads": case.threads, "est_mem_mb": est / 2**20, "torch_version": torch.__version__,
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "reason": "",
@@ -203,7 +210,8 @@ def timing_groups(cases: Sequence[Case]) -> list[list[Case]]:
 
 
 def _row_key(r: dict[str, Any]) -> tuple:
-    return (r["method"], r["n"], r["batch"], r["heads"], r["head_dim"], r["device"], r["dtype"])
+    return (r["method"], r["n"], r["batch"], r["heads"], r["head_dim"], r["device"], r["dtype"],
+            r.get("sdpa_backend") or "auto")
 
 
 def _done(r: dict[str, Any] | None) -> bool:

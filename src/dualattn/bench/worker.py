@@ -14,6 +14,7 @@ Each prints one JSON line prefixed with ``RESULT_PREFIX``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import statistics
@@ -32,6 +33,8 @@ from dualattn.bench.timing import Timing, timed_call
 RESULT_PREFIX = "DUALATTN_BENCH_RESULT "
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 PAIR_BASELINE = "sdpa"
+#: ``--sdpa-backend``: which kernel every SDPA call of a cell may use (``"auto"``: PyTorch chooses).
+SDPA_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")
 WARMUP_BELOW_S = 2.0  # a full-size warm-up call in the timing job only if the memory call was shorter
 
 
@@ -48,16 +51,19 @@ class Case:
     dtype: str = "float32"
     threads: int | None = 2
     seed: int = 0
+    sdpa_backend: str = "auto"
 
     def __post_init__(self) -> None:
         get_method(self.method)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype: expected one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.sdpa_backend not in SDPA_BACKENDS:
+            raise ValueError(f"sdpa_backend: expected one of {SDPA_BACKENDS}, got {self.sdpa_backend!r}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads: expected a positive int or None, got {self.threads!r}")
 
     def key(self) -> tuple:
-        return (self.method, self.n, self.batch, self.heads, self.head_dim, self.device, self.dtype)
+        return (self.method, self.n, self.batch, self.heads, self.head_dim, self.device, self.dtype, self.sdpa_backend)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,6 +106,24 @@ class TimingPlan:
             return self.repeats
         total = max(sum(first_call_s), 1e-9)
         return max(self.min_repeats, min(self.repeats, math.ceil(self.budget_s * len(first_call_s) / total)))
+
+
+def sdpa_backend_context(name: str):
+    """Context restricting every ``scaled_dot_product_attention`` call to one backend.
+
+    ``"auto"``: no restriction; otherwise ``torch.nn.attention.sdpa_kernel([backend])``, so a
+    call the backend cannot serve (e.g. flash with float32 on CUDA) raises instead of silently
+    falling back. It applies to SDPA itself and to our fast paths built on SDPA.
+    """
+    if name not in SDPA_BACKENDS:
+        raise ValueError(f"sdpa_backend: expected one of {SDPA_BACKENDS}, got {name!r}")
+    if name == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+               "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}[name]
+    return sdpa_kernel([backend])
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -145,10 +169,11 @@ def run_memory(case: Case) -> dict[str, Any]:
         return setup
     device, dtype = setup
     try:
-        fn, inputs = _build(case, device, dtype)
-        t0 = time.perf_counter()
-        mem = measure_peak_memory(fn, inputs, device=device)
-        first_s = time.perf_counter() - t0
+        with sdpa_backend_context(case.sdpa_backend):
+            fn, inputs = _build(case, device, dtype)
+            t0 = time.perf_counter()
+            mem = measure_peak_memory(fn, inputs, device=device)
+            first_s = time.perf_counter() - t0
     except Exception as exc:  # recorded, not raised: one bad cell must not stop a sweep
         return _failure(exc)
     return {
@@ -169,7 +194,16 @@ def run_timing(cases: Sequence[Case], plan: TimingPlan, first_call_s: Sequence[f
     needed (only for calls < ``WARMUP_BELOW_S``). When every first call took at
     least ``plan.reuse_first_call_s``, those calls are themselves round 0 (one-time
     costs are negligible there) and only the remaining rounds are run here.
+    All cases run under their (common) ``sdpa_backend``.
     """
+    backends = {c.sdpa_backend for c in cases}
+    if len(backends) > 1:
+        raise ValueError(f"run_timing: all cases must share one sdpa_backend, got {sorted(backends)}")
+    with sdpa_backend_context(backends.pop() if backends else "auto"):
+        return _run_timing(cases, plan, first_call_s)
+
+
+def _run_timing(cases: Sequence[Case], plan: TimingPlan, first_call_s: Sequence[float] | None) -> dict[str, dict]:
     firsts = list(first_call_s) if first_call_s is not None else [None] * len(cases)
     if len(firsts) != len(cases):
         raise ValueError(f"first_call_s: expected {len(cases)} values, got {len(firsts)}")

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import functional as DF
+from ..functional.primal import init_projection_, primal_projections
 from ..functional import registry as R
 
 #: Registered variant names (a live, tuple-like view of :mod:`dualattn.functional.registry`).
@@ -46,7 +47,8 @@ class Attention(nn.Module):
         kv_dim: width of ``context`` for cross-attention (default ``dim``).
         proj_bias: bias of the output projection ``W_O``.
         **variant_options: see ``VARIANT_OPTIONS`` (e.g. ``factors``/``pool`` for SH, ``beta``/``eps``
-            for BN, ``pattern``/``window``/``stride``/``topk`` for sparse, ``low_rank`` for primal).
+            for BN, ``pattern``/``window``/``stride``/``topk`` for sparse, ``low_rank``/``num_samples``/
+            ``positions``/``ksvd_reduction``/``init`` for primal: see docs/primal.md).
         fused: fast path (default: ``set_fused_attn`` / env ``DUALATTN_FUSED_ATTN``); False forces the
             reference path. ``self.fused`` can be changed per instance later.
 
@@ -115,19 +117,20 @@ class Attention(nn.Module):
                     self.conv_v[str(h)] = nn.Parameter(torch.full((self.head_dim, r), 1.0 / r))
 
     def _init_primal(self) -> None:
-        s = self.options["low_rank"]
+        """``W~_e, W~_r`` (H, n, s) (``init_projection_``), ``Lambda`` (H, s) ~ U[0, 1), ``W_c``: 2s -> head_dim."""
+        o = self.options
+        s = o["low_rank"]
         if not (isinstance(s, int) and s >= 1):
             raise ValueError(f"Attention: `low_rank` must be a positive int, got {s!r}")
-        n = self.options["num_samples"] or 10 * s
+        n = o["num_samples"] or 10 * s
         if not (isinstance(n, int) and n >= 1):
             raise ValueError(f"Attention: `num_samples` must be a positive int, got {n!r}")
-        self.options["num_samples"] = n
+        o["num_samples"] = n
         H = self.num_heads
         self.w_e = nn.Parameter(torch.empty(H, n, s))
         self.w_r = nn.Parameter(torch.empty(H, n, s))
-        for w in (self.w_e, self.w_r):
-            for h in range(H):
-                nn.init.orthogonal_(w.data[h])
+        init_projection_(self.w_e, o["init"])
+        init_projection_(self.w_r, o["init"])
         self.lam = nn.Parameter(torch.rand(H, s))
         self.w_c = nn.Linear(2 * s, self.head_dim)
         self._ksvd_terms = None
@@ -207,12 +210,9 @@ class Attention(nn.Module):
         return o
 
     def _primal(self, x: Tensor, q: Tensor, k: Tensor, common: dict):
-        B, N, _ = x.shape
-        n = self.options["num_samples"]
-        idx = torch.linspace(0, N - 1, n, device=x.device).round().long()  # evenly spaced sample positions
-        xs = x[:, idx].view(B, n, self.num_heads, self.head_dim).permute(0, 2, 3, 1)  # (B, H, d, n)
-        w_e = xs @ self.w_e.to(x.dtype)  # (B, H, d, s): W_e(X) = X_sub^T W~_e
-        w_r = xs @ self.w_r.to(x.dtype)
+        # W_e(X) = X_sub^T W~_e from each sequence's real tokens (padding-invariant)
+        w_e, w_r = primal_projections(x, self.w_e, self.w_r, self.num_heads, common["key_padding_mask"],
+                                      positions=self.options["positions"])
         common = {**common, "dropout_p": 0.0}
         res = DF.primal_attention(q, k, w_e=w_e, w_r=w_r, **common)
         scores, w = res if common["need_weights"] else (res, None)
@@ -228,7 +228,8 @@ class Attention(nn.Module):
         if self._ksvd_terms is None:
             raise RuntimeError("Attention.ksvd_loss: call forward first")
         e, r, mask = self._ksvd_terms
-        return DF.ksvd_loss(e, r, self.lam.to(e.dtype), self.w_e.to(e.dtype), self.w_r.to(e.dtype), mask=mask)
+        return DF.ksvd_loss(e, r, self.lam.to(e.dtype), self.w_e.to(e.dtype), self.w_r.to(e.dtype), mask=mask,
+                            reduction=self.options["ksvd_reduction"])
 
 
 def ksvd_regularizer(model: nn.Module) -> Tensor:
