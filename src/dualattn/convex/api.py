@@ -8,7 +8,9 @@ convex model with its certificate, predictions and the equivalent nonconvex
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,9 +23,10 @@ from dualattn.convex.heads.base import NonconvexHead
 from dualattn.convex.losses import Loss, check_beta, get_loss
 from dualattn.convex.operator import ChunkedOperator
 from dualattn.convex.solvers import augmented_lagrangian, fista, solve_cvxpy
+from dualattn.convex.solvers.admm import admm
 from dualattn.convex.solvers.result import SolveResult, certificate
 
-SOLVERS = ("fista", "cvxpy", "auglag")
+SOLVERS = ("fista", "cvxpy", "auglag", "admm")
 
 
 def as_features(X, name: str = "X", dtype: torch.dtype = torch.float64) -> Tensor:
@@ -170,6 +173,7 @@ def fit(
     dtype: torch.dtype = torch.float64,
     chunk_size: int = 4096,
     cvxpy_solver: str = "CLARABEL",
+    cvxpy_max_gb: float | None = 2.0,
     certify_float64: bool = True,
     head_options: dict | None = None,
     **solver_options,
@@ -178,12 +182,18 @@ def fit(
 
     ``loss``: ``"squared"`` (float targets ``(n,)``/``(n, c)``, or integer labels
     one-hot encoded) or ``"cross_entropy"`` (integer labels in ``[0, c)``).
-    ``solver``: ``"fista"`` (stops at relative duality gap ``tol``), ``"cvxpy"``
-    (reference; small problems) or ``"auglag"`` (required by cone-constrained
-    heads such as ``mlp-relu-cone``).  ``dtype=torch.float32`` solves in single
-    precision; with ``certify_float64`` the reported objective/gap are then
-    recomputed in float64 at the returned point.  Extra ``solver_options`` go to
-    the solver (e.g. ``shrink``, ``restart`` for FISTA; ``rho``, ``inner_iters`` for auglag).
+    ``solver``: ``"fista"`` (stops at relative duality gap ``tol``), ``"admm"``
+    (squared loss only, heads ``linear``, ``gated``, ``mixer-linear``, ``mixer-gated``,
+    ``fno``: exact least-squares steps, fastest on small problems), ``"cvxpy"``
+    (reference; small problems: refused with a ``ValueError`` when its estimated
+    memory exceeds ``cvxpy_max_gb``, ``None`` = no limit) or ``"auglag"`` (required by
+    cone-constrained heads such as ``mlp-relu-cone``).  Every solver's ``status`` is
+    ``"optimal"`` only when our certified relative gap is ``<= tol``.
+    ``dtype=torch.float32`` solves in single precision; with ``certify_float64``
+    the reported objective/gap/status are then recomputed in float64 at the
+    returned point.  Extra ``solver_options`` go to the solver (e.g. ``shrink``,
+    ``restart`` for FISTA; ``rho``, ``inner_iters`` for auglag; ``check_every``,
+    ``rho``, ``mode`` for ADMM).
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
@@ -197,16 +207,23 @@ def fit(
     elif solver == "auglag":
         res = augmented_lagrangian(op, lossf, Y, beta, Z0=Z0, tol=tol, max_time=max_time, verbose=verbose,
                                    **solver_options)
+    elif solver == "admm":
+        res = admm(head, X, Y, lossf, beta, Z0=Z0, tol=tol, max_iter=max_iter, max_time=max_time,
+                   verbose=verbose, op=op, **solver_options)
     else:
-        res = solve_cvxpy(op, lossf, Y, beta, solver=cvxpy_solver, verbose=verbose, **solver_options)
+        res = solve_cvxpy(op, lossf, Y, beta, solver=cvxpy_solver, verbose=verbose, tol=tol,
+                          max_gb=cvxpy_max_gb, **solver_options)
     if dtype != torch.float64 and certify_float64:
-        _certify_float64(head, lossf, beta, res, X, Y, chunk_size, dtype, device)
+        _certify_float64(head, lossf, beta, res, X, Y, chunk_size, dtype, device, tol)
     return _to_fit(head, lossf, beta, res, X, Y)
 
 
-def _certify_float64(head, lossf, beta, res, X, Y, chunk_size, dtype, device) -> None:
-    """Replace a low-precision solve's certificate by one evaluated in float64 at the returned ``Z``."""
-    info32 = {"objective_lowprec": res.objective, "gap_lowprec": res.gap, "rel_gap_lowprec": res.rel_gap}
+def _certify_float64(head, lossf, beta, res, X, Y, chunk_size, dtype, device, tol: float) -> None:
+    """Replace a low-precision solve's certificate by one evaluated in float64 at the returned ``Z``,
+    and recompute ``status`` from it: ``"optimal"`` iff the float64 relative gap is ``<= tol``; a solve
+    that stopped as optimal in low precision but is not certified in float64 becomes ``"inaccurate"``."""
+    info32 = {"objective_lowprec": res.objective, "gap_lowprec": res.gap, "rel_gap_lowprec": res.rel_gap,
+              "status_lowprec": res.status}
     head.setup(head.d, head.c, s=head.s, dtype=torch.float64, device=device)
     try:
         Y64 = Y if lossf.name == "cross_entropy" else Y.double()
@@ -216,6 +233,10 @@ def _certify_float64(head, lossf, beta, res, X, Y, chunk_size, dtype, device) ->
         head.setup(head.d, head.c, s=head.s, dtype=dtype, device=device)
     res.objective, res.dual_objective = cert["primal"], cert["dual"]
     res.gap, res.rel_gap = cert["gap"], cert["rel_gap"]
+    if res.rel_gap <= tol:
+        res.status = "optimal"
+    elif res.status == "optimal":
+        res.status = "inaccurate"
     res.info.update(info32, certified_float64=True)
 
 
