@@ -259,6 +259,64 @@ def beta_max(head: str | ConvexHead, X, y, *, loss: str | Loss = "squared", num_
     return float(head.dual_norm(op.adjoint(lam)))
 
 
+CHECKPOINT_FORMAT = "dualattn.fit_path/2"
+
+
+def _array_digest(A) -> str:
+    """sha256 of a tensor/array's dtype, shape and bytes (CPU, contiguous)."""
+    arr = A.detach().cpu().numpy() if isinstance(A, Tensor) else np.asarray(A)
+    arr = np.ascontiguousarray(arr)
+    h = hashlib.sha256(f"{arr.dtype}{arr.shape}".encode())
+    h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def path_fingerprint(head: ConvexHead, X, y, betas, *, loss, num_classes) -> dict:
+    """What a ``fit_path`` checkpoint was made for: data shapes and hashes, loss, head, beta grid."""
+    as_features(X[:1] if len(X) else X)  # type/shape check without a float64 copy of all of X
+    y = as_targets(y)
+    return {
+        "X_shape": list(X.shape), "X_sha256": _array_digest(X),
+        "y_shape": list(y.shape), "y_dtype": str(y.dtype), "y_sha256": _array_digest(y),
+        "loss": get_loss(loss).name, "num_classes": num_classes,
+        "head": head.name, "head_config": json.loads(json.dumps(head.get_config(), default=str)),
+        "betas": [float(b) for b in betas],
+    }
+
+
+def _load_checkpoint(path: Path, fingerprint: dict) -> dict[float, dict]:
+    """Finished solutions of a ``fit_path`` checkpoint; refuses one made for another problem."""
+    try:
+        state = torch.load(path, weights_only=False)
+    except Exception as err:  # truncated zip, bad pickle, ...: say which file
+        raise ValueError(f"fit_path checkpoint {str(path)!r} is corrupt or truncated ({type(err).__name__}: "
+                         f"{err}); delete it to start the path again") from err
+    if not (isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT and "fingerprint" in state
+            and isinstance(state.get("solutions"), dict)):
+        raise ValueError(f"fit_path checkpoint {str(path)!r} is not a {CHECKPOINT_FORMAT} checkpoint "
+                         f"(written by another program or an older version); delete it or pass another path")
+    old = state["fingerprint"]
+    diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+    if diff:
+        details = "; ".join(f"{k}: checkpoint {_short(old.get(k))} vs now {_short(fingerprint.get(k))}"
+                            for k in diff)
+        raise ValueError(f"fit_path checkpoint {str(path)!r} was made for a different problem ({details}); "
+                         f"pass another checkpoint path (or delete this one) instead of mixing solutions")
+    return state["solutions"]
+
+
+def _short(v) -> str:
+    s = repr(v)
+    return s if len(s) <= 40 else s[:37] + "..."
+
+
+def _save_checkpoint(path: Path, fingerprint: dict, solutions: dict) -> None:
+    """Atomic save (temporary file + rename), so an interrupted write never leaves a truncated file."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "solutions": solutions}, tmp)
+    os.replace(tmp, path)
+
+
 def fit_path(
     head: str | ConvexHead,
     X,
@@ -273,15 +331,25 @@ def fit_path(
     """Solve for every ``beta`` in decreasing order, warm-starting each from the previous ``Z``.
 
     With ``checkpoint`` (a ``.pt`` file) finished solutions are saved after each
-    ``beta`` and reused on a rerun (resume).
+    ``beta`` (atomically) and reused on a rerun (resume: each saved ``beta`` is
+    warm-started from its solution and re-certified).  The checkpoint stores a
+    fingerprint of the problem (shapes and sha256 of ``X`` and ``y``, loss,
+    ``num_classes``, head name and options, the beta grid); resuming with a
+    checkpoint made for anything else, or a corrupt/truncated file, raises a
+    ``ValueError`` naming the file.
     """
     betas = sorted((check_beta(b) for b in betas), reverse=True)
     if not betas:
         raise ValueError("betas must contain at least one value")
     head = get_head(head, **(head_options or {}))
     done: dict[float, dict] = {}
-    if checkpoint is not None and Path(checkpoint).exists():
-        done = torch.load(checkpoint, weights_only=False)
+    fingerprint = None
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        fingerprint = path_fingerprint(head, X, y, betas, loss=fit_options.get("loss", "squared"),
+                                       num_classes=fit_options.get("num_classes"))
+        if checkpoint.exists():
+            done = _load_checkpoint(checkpoint, fingerprint)
     fits: list[ConvexFit] = []
     Z0 = None
     for k, beta in enumerate(betas):
@@ -295,7 +363,7 @@ def fit_path(
                   f"iters={f.iterations} time={f.time:.2f}s")
         if checkpoint is not None:
             done[beta] = {"Z": f.Z.detach().cpu(), "summary": json.loads(json.dumps(f.summary(), default=str))}
-            torch.save(done, checkpoint)
+            _save_checkpoint(checkpoint, fingerprint, done)
     return fits
 
 
