@@ -22,8 +22,7 @@ from dualattn.convex.heads import ConvexHead, get_head
 from dualattn.convex.heads.base import NonconvexHead
 from dualattn.convex.losses import Loss, check_beta, get_loss
 from dualattn.convex.operator import ChunkedOperator
-from dualattn.convex.solvers import augmented_lagrangian, fista, solve_cvxpy
-from dualattn.convex.solvers.admm import admm
+from dualattn.convex.solvers import admm, augmented_lagrangian, fista, solve_cvxpy
 from dualattn.convex.solvers.result import SolveResult, certificate
 
 SOLVERS = ("fista", "cvxpy", "auglag", "admm")

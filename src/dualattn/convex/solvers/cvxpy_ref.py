@@ -37,12 +37,12 @@ def estimate_cvxpy_size(op: ChunkedOperator, loss: Loss, solver: str = "CLARABEL
     * variables   ``D + N + sum_g m_g`` (+ ``3N`` exponential-cone slots for cross-entropy),
     * constraints ``N + sum_g m_g`` rows (+ ``3N``),
     * nonzeros    ``N D`` (dense design matrix) ``+ sum_g 2 p q``,
-    * memory      ``8 B x (4 nnz + 3 sum_g m_g^2)`` for interior-point solvers (CVXPY's copies of
-      the design matrix and the dense ``m_g x m_g`` PSD scaling blocks of the KKT system and their
-      factor), ``8 B x 4 nnz`` for first-order solvers (:data:`FIRST_ORDER`).
+    * memory      ``48 B x nnz + 56 B x sum_g m_g^2 + 64 MiB`` for interior-point solvers (CVXPY's
+      canonicalised copies of the design matrix, the dense ``m_g x m_g`` PSD scaling blocks of the
+      KKT system and their factor), ``48 B x nnz + 64 MiB`` for first-order solvers (:data:`FIRST_ORDER`).
 
-    The memory figure is an order-of-magnitude estimate (measured peak RSS of Clarabel at
-    n=256, s=16, d=6, c=10 is in ``docs/convex-heads.md``).
+    The memory constants are fitted to the peak-RSS rise of CVXPY + Clarabel on four linear-head
+    problems (0.07-1.3 GiB, within ~30 %; see ``docs/convex-heads.md``): an estimate, not a bound.
     """
     head = op.head
     P, p, q = head.variable_shape()
@@ -57,7 +57,7 @@ def estimate_cvxpy_size(op: ChunkedOperator, loss: Loss, solver: str = "CLARABEL
     extra = 3 * N if loss.name == "cross_entropy" else 0
     nnz = N * D + 2 * D
     first_order = solver.upper() in FIRST_ORDER
-    mem = 8.0 * (4 * nnz + (0 if first_order else 3 * dense_blocks))
+    mem = 48.0 * nnz + (0.0 if first_order else 56.0 * dense_blocks) + 64 * 2**20
     return {
         "variables": D + N + cone + extra, "constraints": N + cone + extra, "nonzeros": nnz,
         "memory_gb": mem / 2**30, "psd_order": 0 if min(p, q) == 1 else p + q, "blocks": P,
