@@ -49,7 +49,8 @@ def test_gram_and_woodbury_branches_agree(make_data):
         other = admm(head, X, Y, loss, 0.2, tol=1e-9, mode="gram" if n < r else "woodbury")
         full = admm(head, X, Y, loss, 0.2, tol=1e-9, reduce=False)  # no symmetric reduction (D = d^3)
         assert full.info["reduced_dim"] == d**3
-        for res in (auto, other, full):
+        chunked = admm(head, X, Y, loss, 0.2, tol=1e-9, chunk_size=7)  # statistics streamed over chunks
+        for res in (auto, other, full, chunked):
             assert res.status == "optimal"
             assert res.objective == pytest.approx(auto.objective, rel=1e-8)
             assert torch.allclose(res.Z, auto.Z, atol=1e-4 * float(auto.Z.abs().max()))
