@@ -37,8 +37,11 @@ checked every ``check_every`` iterations, at most ``max_rho_updates`` times).
 dual candidates ``lam = A V - Y`` for ``V`` = the thresholded iterate ``W``
 (low rank, our primal point) and the least-squares iterate ``Z`` (at the ADMM
 fixed point ``A^* lam_Z = -rho U`` with ``R°(rho U) <= beta``, so ``lam_Z`` is
-nearly dual feasible and its scaling ``theta`` barely shrinks it), each scaled
-into ``{R°(A^* lam) <= beta}`` as in :mod:`.result`; the best value is kept.  In
+nearly dual feasible and its scaling ``theta`` barely shrinks it), and the point
+``lam_G = A V_G - Y`` whose ``A^* lam_G`` is ``A^* lam_Z`` with its singular values
+clipped at ``beta`` (``V_G = (K + delta I)^{-1} (G + A^*Y)``, a small ridge ``delta =
+dual_ridge * trace(K) / D``), each scaled into ``{R°(A^* lam) <= beta}`` as in
+:mod:`.result`; the best value is kept.  In
 the Gram branch these are evaluated from ``K_r``, ``A^*Y`` and ``||Y||^2`` alone.
 When that estimate reaches ``tol`` the point is re-certified with
 :func:`~dualattn.convex.solvers.result.certificate` on the head's own operator,
@@ -198,6 +201,22 @@ class LeastSquaresStats:
         KV = self.K_r @ Vr if self.mode == "gram" else self.Phi_r.T @ (self.Phi_r @ Vr)
         return self.basis.up(KV)
 
+    def preimage(self, G: Tensor, delta: float) -> Tensor | None:
+        """``V = Q (K_r + delta I)^{-1} Q^T (G + A^*Y)``, so ``A^*(A V - Y) ≈ G`` (small ridge ``delta``).
+
+        Among all ``lam = A V - Y`` with ``A^* lam = G`` this is the one with the largest dual value
+        ``-F*(lam) = ||Y||^2/2 - ||A V||^2/2``.  ``None`` if the ridge matrix is numerically singular.
+        """
+        if getattr(self, "_delta", None) != delta:
+            base = self.K_r if self.mode == "gram" else self.M
+            eye = torch.eye(base.shape[0], dtype=base.dtype, device=base.device)
+            L, info = torch.linalg.cholesky_ex(base + delta * eye)
+            self.L_aux, self._delta = (L if int(info) == 0 else None), delta
+        if self.L_aux is None:
+            return None
+        br = self.basis.down(G) + self.AtY_r
+        return self.basis.up(self._solve_reduced(br, self.L_aux, delta))
+
     def residual_stats(self, V: Tensor) -> tuple[float, float, Tensor]:
         """For ``lam = A V - Y``: ``(||lam||^2, <lam, Y>, A^* lam (D, c))``."""
         Vr = self.basis.down(V)
@@ -209,6 +228,15 @@ class LeastSquaresStats:
         AV = self.Phi_r @ Vr
         lam = AV - self.Yn
         return float((lam**2).sum()), float((lam * self.Yn).sum()), self.basis.up(self.Phi_r.T @ lam)
+
+
+def clip_spectral(G: Tensor, beta: float) -> Tensor:
+    """Projection of every block of ``G (P, p, q)`` onto ``{||G_g||_2 <= beta}`` (clip singular values)."""
+    if min(G.shape[1], G.shape[2]) == 1:
+        nrm = torch.linalg.vector_norm(G.flatten(1), dim=1).clamp_min(1e-300)
+        return G * torch.clamp(beta / nrm, max=1.0)[:, None, None]
+    U, S, Vh = torch.linalg.svd(G, full_matrices=False)
+    return (U * S.clamp(max=beta)[:, None, :]) @ Vh
 
 
 def _squared_dual(aa: float, ly: float, theta_max: float) -> float:
@@ -238,6 +266,7 @@ def admm(
     balance_tau: float = 2.0,
     max_rho_updates: int = 50,
     max_dim: int = 8000,
+    dual_ridge: float = 1e-8,
     op: ChunkedOperator | None = None,
     chunk_size: int = 4096,
     verbose: bool = False,
@@ -248,8 +277,13 @@ def admm(
     ``head`` must be set up (``head.setup(d, c, ...)``) and ``Y (n, c)`` float targets.
     ``mode``: ``"gram"`` (factorise the reduced ``r x r`` Gram), ``"woodbury"`` (factorise
     ``n x n``) or ``"auto"`` (Gram when ``n >= r``).  ``rho``: initial penalty (default
-    ``trace(K) / D``); ``alpha``: over-relaxation in ``(0, 2)``.  ``op``: an existing
-    :class:`ChunkedOperator` for ``head`` on ``X`` (reused instead of recomputing features).
+    ``trace(K) / D``); ``alpha``: over-relaxation in ``(0, 2)``.  Residual balancing every
+    ``balance_every`` iterations: ``rho`` times/divided by ``balance_tau`` when one residual
+    exceeds ``balance_mu`` times the other (at most ``max_rho_updates`` changes).
+    ``check_every``: iterations between certificates.  ``dual_ridge``: relative ridge of the
+    projected dual candidate (``0`` turns it off).  ``max_dim``: largest matrix to factorise
+    (else ``ValueError``).  ``op``: an existing :class:`ChunkedOperator` for ``head`` on ``X``
+    (reused instead of recomputing features).
     """
     t_start = time.perf_counter()
     if loss.name != "squared":
@@ -268,6 +302,8 @@ def admm(
         raise ValueError(f"alpha (over-relaxation) must lie in (0, 2), got {alpha}")
     if mode not in ("auto", "gram", "woodbury"):
         raise ValueError(f"mode must be 'auto', 'gram' or 'woodbury', got {mode!r}")
+    if not (dual_ridge >= 0 and math.isfinite(dual_ridge)):
+        raise ValueError(f"dual_ridge must be a finite number >= 0, got {dual_ridge}")
     if rho is not None and not (rho > 0 and math.isfinite(rho)):
         raise ValueError(f"rho must be a finite number > 0, got {rho}")
     if op is None:
@@ -336,7 +372,13 @@ def admm(
             primal = 0.5 * aa_w + beta * float(RW)
             if primal < best_primal:
                 best_primal, best_W = primal, W.reshape(shape).clone()
-            for V, aa, ly, At in ((W, aa_w, ly_w, At_w), (Z, *stats.residual_stats(Z))):
+            cands = [(W, aa_w, ly_w, At_w), (Z, *stats.residual_stats(Z))]
+            if dual_ridge > 0:  # A^* lam_Z projected onto the dual ball, mapped back to a dual point
+                Vg = stats.preimage(clip_spectral(cands[1][3].reshape(shape), beta).reshape(D, c),
+                                    dual_ridge * scale)
+                if Vg is not None:
+                    cands.append((Vg, *stats.residual_stats(Vg)))
+            for V, aa, ly, At in cands:
                 nrm = float(head.dual_norm(At.reshape(shape)))
                 dual = _squared_dual(aa, ly, math.inf if nrm == 0 else beta / nrm)
                 if dual > best_dual:
