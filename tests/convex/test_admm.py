@@ -91,3 +91,14 @@ def test_refuses_unsupported_losses_heads_and_options(make_data):
         fit("linear", X, y, 0.1, solver="admm", mode="dense")
     with pytest.raises(ValueError, match="max_dim"):
         fit("linear", X, y, 0.1, solver="admm", max_dim=4)
+
+
+def test_compare_solvers_rows_and_table():
+    from dualattn.convex.compare import compare_solvers, markdown_table
+
+    rows = compare_solvers(n=12, s=3, d=2, c=2, beta=0.3, repeats=1)
+    assert [r["solver"] for r in rows] == ["admm", "fista", "cvxpy-clarabel"]
+    assert all(r["status"] == "optimal" and r["rel_gap"] <= 1e-4 for r in rows)
+    assert all(abs(r["obj_diff_vs_cvxpy"]) <= 1e-4 and r["speedup_vs_cvxpy"] > 0 for r in rows)
+    table = markdown_table(rows)
+    assert table.count("\n") == 4 and "| admm | optimal |" in table
