@@ -8,7 +8,9 @@ convex model with its certificate, predictions and the equivalent nonconvex
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,10 +22,10 @@ from dualattn.convex.heads import ConvexHead, get_head
 from dualattn.convex.heads.base import NonconvexHead
 from dualattn.convex.losses import Loss, check_beta, get_loss
 from dualattn.convex.operator import ChunkedOperator
-from dualattn.convex.solvers import augmented_lagrangian, fista, solve_cvxpy
+from dualattn.convex.solvers import admm, augmented_lagrangian, fista, solve_cvxpy
 from dualattn.convex.solvers.result import SolveResult, certificate
 
-SOLVERS = ("fista", "cvxpy", "auglag")
+SOLVERS = ("fista", "cvxpy", "auglag", "admm")
 
 
 def as_features(X, name: str = "X", dtype: torch.dtype = torch.float64) -> Tensor:
@@ -170,6 +172,7 @@ def fit(
     dtype: torch.dtype = torch.float64,
     chunk_size: int = 4096,
     cvxpy_solver: str = "CLARABEL",
+    cvxpy_max_gb: float | None = 2.0,
     certify_float64: bool = True,
     head_options: dict | None = None,
     **solver_options,
@@ -178,12 +181,18 @@ def fit(
 
     ``loss``: ``"squared"`` (float targets ``(n,)``/``(n, c)``, or integer labels
     one-hot encoded) or ``"cross_entropy"`` (integer labels in ``[0, c)``).
-    ``solver``: ``"fista"`` (stops at relative duality gap ``tol``), ``"cvxpy"``
-    (reference; small problems) or ``"auglag"`` (required by cone-constrained
-    heads such as ``mlp-relu-cone``).  ``dtype=torch.float32`` solves in single
-    precision; with ``certify_float64`` the reported objective/gap are then
-    recomputed in float64 at the returned point.  Extra ``solver_options`` go to
-    the solver (e.g. ``shrink``, ``restart`` for FISTA; ``rho``, ``inner_iters`` for auglag).
+    ``solver``: ``"fista"`` (stops at relative duality gap ``tol``), ``"admm"``
+    (squared loss only, heads ``linear``, ``gated``, ``mixer-linear``, ``mixer-gated``,
+    ``fno``: exact least-squares steps, fastest on small problems), ``"cvxpy"``
+    (reference; small problems: refused with a ``ValueError`` when its estimated
+    memory exceeds ``cvxpy_max_gb``, ``None`` = no limit) or ``"auglag"`` (required by
+    cone-constrained heads such as ``mlp-relu-cone``).  Every solver's ``status`` is
+    ``"optimal"`` only when our certified relative gap is ``<= tol``.
+    ``dtype=torch.float32`` solves in single precision; with ``certify_float64``
+    the reported objective/gap/status are then recomputed in float64 at the
+    returned point.  Extra ``solver_options`` go to the solver (e.g. ``shrink``,
+    ``restart`` for FISTA; ``rho``, ``inner_iters`` for auglag; ``check_every``,
+    ``rho``, ``mode`` for ADMM).
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
@@ -197,16 +206,23 @@ def fit(
     elif solver == "auglag":
         res = augmented_lagrangian(op, lossf, Y, beta, Z0=Z0, tol=tol, max_time=max_time, verbose=verbose,
                                    **solver_options)
+    elif solver == "admm":
+        res = admm(head, X, Y, lossf, beta, Z0=Z0, tol=tol, max_iter=max_iter, max_time=max_time,
+                   verbose=verbose, op=op, **solver_options)
     else:
-        res = solve_cvxpy(op, lossf, Y, beta, solver=cvxpy_solver, verbose=verbose, **solver_options)
+        res = solve_cvxpy(op, lossf, Y, beta, solver=cvxpy_solver, verbose=verbose, tol=tol,
+                          max_gb=cvxpy_max_gb, **solver_options)
     if dtype != torch.float64 and certify_float64:
-        _certify_float64(head, lossf, beta, res, X, Y, chunk_size, dtype, device)
+        _certify_float64(head, lossf, beta, res, X, Y, chunk_size, dtype, device, tol)
     return _to_fit(head, lossf, beta, res, X, Y)
 
 
-def _certify_float64(head, lossf, beta, res, X, Y, chunk_size, dtype, device) -> None:
-    """Replace a low-precision solve's certificate by one evaluated in float64 at the returned ``Z``."""
-    info32 = {"objective_lowprec": res.objective, "gap_lowprec": res.gap, "rel_gap_lowprec": res.rel_gap}
+def _certify_float64(head, lossf, beta, res, X, Y, chunk_size, dtype, device, tol: float) -> None:
+    """Replace a low-precision solve's certificate by one evaluated in float64 at the returned ``Z``,
+    and recompute ``status`` from it: ``"optimal"`` iff the float64 relative gap is ``<= tol``; a solve
+    that stopped as optimal in low precision but is not certified in float64 becomes ``"inaccurate"``."""
+    info32 = {"objective_lowprec": res.objective, "gap_lowprec": res.gap, "rel_gap_lowprec": res.rel_gap,
+              "status_lowprec": res.status}
     head.setup(head.d, head.c, s=head.s, dtype=torch.float64, device=device)
     try:
         Y64 = Y if lossf.name == "cross_entropy" else Y.double()
@@ -216,6 +232,10 @@ def _certify_float64(head, lossf, beta, res, X, Y, chunk_size, dtype, device) ->
         head.setup(head.d, head.c, s=head.s, dtype=dtype, device=device)
     res.objective, res.dual_objective = cert["primal"], cert["dual"]
     res.gap, res.rel_gap = cert["gap"], cert["rel_gap"]
+    if res.rel_gap <= tol:
+        res.status = "optimal"
+    elif res.status == "optimal":
+        res.status = "inaccurate"
     res.info.update(info32, certified_float64=True)
 
 
@@ -238,6 +258,64 @@ def beta_max(head: str | ConvexHead, X, y, *, loss: str | Loss = "squared", num_
     return float(head.dual_norm(op.adjoint(lam)))
 
 
+CHECKPOINT_FORMAT = "dualattn.fit_path/2"
+
+
+def _array_digest(A) -> str:
+    """sha256 of a tensor/array's dtype, shape and bytes (CPU, contiguous)."""
+    arr = A.detach().cpu().numpy() if isinstance(A, Tensor) else np.asarray(A)
+    arr = np.ascontiguousarray(arr)
+    h = hashlib.sha256(f"{arr.dtype}{arr.shape}".encode())
+    h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def path_fingerprint(head: ConvexHead, X, y, betas, *, loss, num_classes) -> dict:
+    """What a ``fit_path`` checkpoint was made for: data shapes and hashes, loss, head, beta grid."""
+    as_features(X[:1] if len(X) else X)  # type/shape check without a float64 copy of all of X
+    y = as_targets(y)
+    return {
+        "X_shape": list(X.shape), "X_sha256": _array_digest(X),
+        "y_shape": list(y.shape), "y_dtype": str(y.dtype), "y_sha256": _array_digest(y),
+        "loss": get_loss(loss).name, "num_classes": num_classes,
+        "head": head.name, "head_config": json.loads(json.dumps(head.get_config(), default=str)),
+        "betas": [float(b) for b in betas],
+    }
+
+
+def _load_checkpoint(path: Path, fingerprint: dict) -> dict[float, dict]:
+    """Finished solutions of a ``fit_path`` checkpoint; refuses one made for another problem."""
+    try:
+        state = torch.load(path, weights_only=False)
+    except Exception as err:  # truncated zip, bad pickle, ...: say which file
+        raise ValueError(f"fit_path checkpoint {str(path)!r} is corrupt or truncated ({type(err).__name__}: "
+                         f"{err}); delete it to start the path again") from err
+    if not (isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT and "fingerprint" in state
+            and isinstance(state.get("solutions"), dict)):
+        raise ValueError(f"fit_path checkpoint {str(path)!r} is not a {CHECKPOINT_FORMAT} checkpoint "
+                         f"(written by another program or an older version); delete it or pass another path")
+    old = state["fingerprint"]
+    diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+    if diff:
+        details = "; ".join(f"{k}: checkpoint {_short(old.get(k))} vs now {_short(fingerprint.get(k))}"
+                            for k in diff)
+        raise ValueError(f"fit_path checkpoint {str(path)!r} was made for a different problem ({details}); "
+                         f"pass another checkpoint path (or delete this one) instead of mixing solutions")
+    return state["solutions"]
+
+
+def _short(v) -> str:
+    s = repr(v)
+    return s if len(s) <= 40 else s[:37] + "..."
+
+
+def _save_checkpoint(path: Path, fingerprint: dict, solutions: dict) -> None:
+    """Atomic save (temporary file + rename), so an interrupted write never leaves a truncated file."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "solutions": solutions}, tmp)
+    os.replace(tmp, path)
+
+
 def fit_path(
     head: str | ConvexHead,
     X,
@@ -252,15 +330,25 @@ def fit_path(
     """Solve for every ``beta`` in decreasing order, warm-starting each from the previous ``Z``.
 
     With ``checkpoint`` (a ``.pt`` file) finished solutions are saved after each
-    ``beta`` and reused on a rerun (resume).
+    ``beta`` (atomically) and reused on a rerun (resume: each saved ``beta`` is
+    warm-started from its solution and re-certified).  The checkpoint stores a
+    fingerprint of the problem (shapes and sha256 of ``X`` and ``y``, loss,
+    ``num_classes``, head name and options, the beta grid); resuming with a
+    checkpoint made for anything else, or a corrupt/truncated file, raises a
+    ``ValueError`` naming the file.
     """
     betas = sorted((check_beta(b) for b in betas), reverse=True)
     if not betas:
         raise ValueError("betas must contain at least one value")
     head = get_head(head, **(head_options or {}))
     done: dict[float, dict] = {}
-    if checkpoint is not None and Path(checkpoint).exists():
-        done = torch.load(checkpoint, weights_only=False)
+    fingerprint = None
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        fingerprint = path_fingerprint(head, X, y, betas, loss=fit_options.get("loss", "squared"),
+                                       num_classes=fit_options.get("num_classes"))
+        if checkpoint.exists():
+            done = _load_checkpoint(checkpoint, fingerprint)
     fits: list[ConvexFit] = []
     Z0 = None
     for k, beta in enumerate(betas):
@@ -274,7 +362,7 @@ def fit_path(
                   f"iters={f.iterations} time={f.time:.2f}s")
         if checkpoint is not None:
             done[beta] = {"Z": f.Z.detach().cpu(), "summary": json.loads(json.dumps(f.summary(), default=str))}
-            torch.save(done, checkpoint)
+            _save_checkpoint(checkpoint, fingerprint, done)
     return fits
 
 

@@ -89,6 +89,15 @@ def _num_classes(y: Tensor, num_classes: int | None) -> int:
     c = hi + 1 if num_classes is None else int(num_classes)
     if lo < 0 or hi >= c:
         raise ValueError(f"labels y must lie in [0, {c}), got values in [{lo}, {hi}]")
+    if num_classes is None:
+        present = torch.unique(y)
+        if present.numel() < c:
+            missing = sorted(set(range(c)) - set(present.tolist()))
+            shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
+            raise ValueError(
+                f"labels y take {present.numel()} distinct values in [0, {hi}] but classes {shown} never occur; "
+                f"pass num_classes={c} if they are real classes absent from this data, or remap the labels to "
+                f"0..{present.numel() - 1} (e.g. classes, y = np.unique(y, return_inverse=True))")
     if c < 2 and num_classes is not None:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     return max(c, 2)
