@@ -105,3 +105,17 @@ def test_bench_runs_from_an_installed_copy_without_the_source_tree(tmp_path):
     assert {r["solver"] for r in rows} == {"fista (ours)", "cvxpy-scs"}
     assert all(r["status"] == "optimal" and float(r["rel_gap"]) <= 1e-4 for r in rows)  # the CVXPY child ran too
     assert (out / "convex_solvers_quick.md").read_text().startswith("Command: `dualattn convex bench --quick")
+
+
+def test_fit_npz_labels_with_gaps_are_remapped(tmp_path):
+    """Labels {0, 1, 5} are 3 classes, not 6 (max + 1): remapped in sorted order and recorded."""
+    g = np.random.default_rng(1)
+    path = tmp_path / "gaps.npz"
+    np.savez(path, X=g.normal(size=(24, 3, 2)), y=np.array([0, 1, 5] * 8))
+    out = tmp_path / "gaps"
+    res = runner.invoke(app, ["convex", "fit", "linear", "--data", str(path), "--solver", "fista",
+                              "--loss", "cross_entropy", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "3 classes" in res.output and "remapped" in res.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["classes"] == [0, 1, 5]

@@ -27,6 +27,8 @@ def test_padding_content_does_not_change_logits(variant):
     y = x.clone()
     y[:, 5:] = 100 * torch.randn(1, 3, 4)
     torch.testing.assert_close(m(x, mask), m(y, mask), atol=1e-5, rtol=1e-5)
+    y[:, 5:] = float("nan")  # NaN-poisoned padding must not reach the pooled vector either
+    torch.testing.assert_close(m(x, mask), m(y, mask), atol=1e-5, rtol=1e-5)
 
 
 def test_token_input_and_errors():

@@ -20,6 +20,21 @@ import typer
 SYNTHETIC = "synthetic"
 
 
+def _contiguous_labels(y, test):
+    """Map the labels of train (and test) to ``0..K-1`` by their sorted union; returns ``(y, test, classes)``.
+
+    Labels such as {0, 1, 5} would otherwise count as 6 classes (``max + 1``), one of them empty.
+    """
+    import torch
+
+    parts = [y] + ([test[1]] if test is not None else [])
+    classes, inverse = torch.unique(torch.cat(parts), sorted=True, return_inverse=True)
+    y_new = inverse[: len(y)]
+    if test is not None:
+        test = (test[0], inverse[len(y):], *test[2:])
+    return y_new, test, [int(c) for c in classes]
+
+
 def _parse_options(items: list[str]) -> dict:
     """``key=value`` pairs -> dict (values parsed as JSON when possible: ints, floats, bools)."""
     out = {}
@@ -114,7 +129,7 @@ def fit_cmd(
     beta: float = typer.Option(None, help="weight decay; default --beta-frac * beta_max"),
     beta_frac: float = typer.Option(0.1, help="beta as a fraction of beta_max (Z* = 0 above it)"),
     loss: str = typer.Option("cross_entropy", help="squared | cross_entropy"),
-    solver: str = typer.Option("fista", help="fista | cvxpy"),
+    solver: str = typer.Option("fista", help="fista | admm | cvxpy | auglag (see docs/convex-heads.md)"),
     tol: float = typer.Option(1e-4, help="relative duality gap to stop at"),
     max_time: float = typer.Option(None, help="stop FISTA after this many seconds"),
     option: list[str] = typer.Option(None, "--option", "-o", help="head option key=value (repeatable)"),
@@ -154,15 +169,17 @@ def fit_cmd(
         X = (X - mu) / sd
         if test is not None:
             test = ((test[0] - mu) / sd, test[1], test[2])
-    num_classes = int(max(int(y.max()), int(test[1].max()) if test is not None else 0) + 1)
-    num_classes = max(num_classes, 2)
+    y, test, classes = _contiguous_labels(y, test)
+    if classes != list(range(len(classes))):
+        console.print(f"labels {classes} remapped to 0..{len(classes) - 1} (recorded as `classes` in summary.json)")
+    num_classes = max(len(classes), 2)
     bmax = beta_max(head, X, y, loss=loss, num_classes=num_classes, head_options=opts)
     b = beta if beta is not None else beta_frac * bmax
     console.print(f"{head}: X {tuple(X.shape)}, {num_classes} classes, beta={b:.4g} (beta_max={bmax:.4g})")
     f = fit(head, X, y, b, loss=loss, solver=solver, tol=tol, num_classes=num_classes, max_time=max_time,
             verbose=verbose, head_options=opts)
     out.mkdir(parents=True, exist_ok=True)
-    summary = f.summary() | {"data": data, "n": int(X.shape[0]), "s": int(X.shape[1]), "d": int(X.shape[2]),
+    summary = f.summary() | {"classes": classes, "data": data, "n": int(X.shape[0]), "s": int(X.shape[1]), "d": int(X.shape[2]),
                              "beta_max": bmax, "heads_used": I.effective_rank(f),
                              "train_acc": float((f.predict_labels(X) == y).double().mean())}
     if test is not None:

@@ -97,8 +97,9 @@ class SequenceClassifier(nn.Module):
         h = self.drop(h)
         out = self.encoder(h, key_padding_mask=mask, need_weights=return_attention)
         h, weights = out if return_attention else (out, None)
-        m = mask.unsqueeze(-1).to(h.dtype)
-        z = (h * m).sum(1) / m.sum(1)
+        m = mask.unsqueeze(-1)
+        # torch.where, not h * m: a NaN/inf at a padded step must not reach the pooled vector
+        z = torch.where(m, h, 0.0).sum(1) / m.sum(1).to(h.dtype)
         logits = self.head(z)
         return (logits, weights) if return_attention else logits
 
