@@ -104,6 +104,7 @@ def register(app: typer.Typer) -> None:
         jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Worker processes running independent runs in parallel (threads split between them)."),
         shard: Optional[str] = typer.Option(None, "--shard", help="Run only shard i of k (0 <= i < k), e.g. 0/4, for cluster job arrays; merge with `dualattn report DIR...`."),
         estimate_only: bool = typer.Option(False, "--estimate", help="Print the plan and time estimate, then exit."),
+        write_report: bool = typer.Option(True, "--report/--no-report", help="Write OUT/<name>/report.md at the end (shards: merge later with `dualattn report`)."),
     ) -> None:
         """Run a protocol (variants x datasets x seeds), resumable, and write OUT/<name>/report.md."""
         from dualattn.train.config import ConfigError
@@ -140,6 +141,10 @@ def register(app: typer.Typer) -> None:
         from dualattn.report import generate_report
 
         n_fail = sum(o.status == "failed" for o in outcomes)
+        if not write_report:
+            typer.echo(f"{len(runs)} runs ({n_fail} failed) in {wall / 60:.1f} min; report skipped "
+                       f"(dualattn report {root} ...)", err=True)
+            raise typer.Exit(1 if n_fail else 0)
         cmd = "dualattn " + " ".join(sys.argv[1:]) if sys.argv and "reproduce" in sys.argv else "dualattn reproduce"
         extra = [
             f"Command: `{cmd}` — {len(runs)} runs ({sum(o.status == 'skipped' for o in outcomes)} reused, "

@@ -218,17 +218,23 @@ def plan_runs(
 # --------------------------------------------------------------------------- #
 # Status and time estimate
 # --------------------------------------------------------------------------- #
-def is_done(pr: PlannedRun) -> bool:
-    from dualattn.train.run import load_summary
+def load_summary(run_dir: str | Path) -> dict[str, Any] | None:
+    """``run_dir/summary.json`` or None (same as ``dualattn.train.run.load_summary``, without importing Lightning)."""
+    import json
 
+    try:
+        return json.loads((Path(run_dir) / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def is_done(pr: PlannedRun) -> bool:
     prev = load_summary(pr.run_dir)
     return prev is not None and prev.get("status") == "ok"
 
 
 def _measured_seconds(runs: list[PlannedRun]) -> dict[tuple[str, str], float]:
     """Mean ``train_time_s`` of finished runs per (dataset, variant) among ``runs``' folders."""
-    from dualattn.train.run import load_summary
-
     acc: dict[tuple[str, str], list[float]] = {}
     for pr in runs:
         s = load_summary(pr.run_dir)
@@ -389,7 +395,7 @@ def run_one(cfg_json: dict[str, Any], run_dir: str) -> tuple[str, float, dict | 
     Used by the worker processes of ``--jobs N``; keeps the last dataset loaded.
     """
     from dualattn.train.data import DataError, load_splits
-    from dualattn.train.run import RunError, load_summary, train_run
+    from dualattn.train.run import RunError, train_run
 
     cfg = RunConfig.model_validate(cfg_json)
     rd = Path(run_dir)
@@ -467,6 +473,4 @@ def execute(runs: list[PlannedRun], *, jobs: int = 1, show_progress: bool = True
 
 
 def _summary(pr: PlannedRun) -> dict | None:
-    from dualattn.train.run import load_summary
-
     return load_summary(pr.run_dir)
