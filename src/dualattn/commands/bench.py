@@ -11,4 +11,7 @@ def register(app: typer.Typer) -> None:
 
     bench = typer.Typer(help="Efficiency benchmarks.", no_args_is_help=True)
     bench.command("attention")(attention)
+    from dualattn.bench.train_step_cli import train_step
+
+    bench.command("train-step")(train_step)
     app.add_typer(bench, name="bench")
