@@ -233,6 +233,25 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     return path
 
 
+def read_csv(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a ``train_step.csv`` with numbers parsed (empty cells dropped)."""
+    import csv
+
+    out = []
+    with Path(path).open() as f:
+        for row in csv.DictReader(f):
+            r: dict[str, Any] = {}
+            for k, v in row.items():
+                if v in ("", None):
+                    continue
+                try:
+                    r[k] = int(v) if k in ("seq_len", "tokens", "batch", "repeats", "threads") else float(v)
+                except ValueError:
+                    r[k] = v
+            out.append(r)
+    return out
+
+
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     """One row per (task, N, variant): time and memory on both paths, ratios to softmax of the same path."""
     def cell(r, key, fmt):

@@ -30,15 +30,30 @@ def train_step(
     variants: str = typer.Option("softmax,linear,bn,sh,bn+sh", "--variants"),
     paths: str = typer.Option("reference,fused", "--paths", help="reference (materialised N x N weights), fused, or both."),
     out: Path = typer.Option(Path("benchmarks/results/lra-train-step"), "--out", help="Output folder (CSV + markdown)."),
+    resume: bool = typer.Option(True, "--resume/--no-resume",
+                                help="Keep the (task, N) cells already in OUT/train_step.csv and measure only the others."),
 ) -> None:
     """Time and peak memory of one training step (fwd + bwd + AdamW) of the LRA models, per variant and path."""
     from dualattn.bench.train_step import markdown_table, memory_claim_lines, run_train_step_benchmark, write_csv
 
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
-    rows: list = []
+    from dualattn.bench.train_step import TASKS, lengths_for, read_csv
+
+    rows: list = read_csv(out / "train_step.csv") if resume and (out / "train_step.csv").is_file() else []
+    done = {(r["task"], int(r["seq_len"])) for r in rows if r.get("status") == "ok"}
+    rows = [r for r in rows if (r["task"], int(r["seq_len"])) in done]
+    csv_path = out / "train_step.csv"
     for task in split(tasks):  # the CSV is rewritten after each task, so an interrupted sweep keeps its cells
+        fr = _floats(fractions, "--fractions")
+        if task in TASKS:
+            todo = [n / TASKS[task].seq_len for n in lengths_for(TASKS[task], fr) if (task, n) not in done]
+            if not todo:
+                continue
+            if len(todo) < len(fr):
+                typer.echo(f"{task}: reusing {len(fr) - len(todo)} measured length(s) from {csv_path}", err=True)
+            fr = todo
         try:
-            rows += run_train_step_benchmark([task], _floats(fractions, "--fractions"), batch=batch, repeats=repeats,
+            rows += run_train_step_benchmark([task], fr, batch=batch, repeats=repeats,
                                              threads=threads, device=device, variants=split(variants),
                                              paths=split(paths))
         except ValueError as exc:

@@ -81,6 +81,21 @@ def redundancy_table(groups) -> list[str]:
     return lines
 
 
+def selection_rule(records) -> str:
+    """Which validation signal chose the checkpoint and stopped training (``trainer.monitor`` of each run)."""
+    import yaml
+
+    counts: dict[str, int] = {}
+    for r in records:
+        try:
+            cfg = yaml.safe_load((r.path / "config.yaml").read_text()) or {}
+            mon = str((cfg.get("trainer") or {}).get("monitor", "?"))
+        except (OSError, yaml.YAMLError):
+            mon = "?"
+        counts[mon] = counts.get(mon, 0) + 1
+    return ", ".join(f"`{m}` ({n} runs)" for m, n in sorted(counts.items()))
+
+
 def collect_runs(roots) -> tuple[list, list[str]]:
     """Every run under each root; duplicates of ``(name, dataset, variant, seed)`` keep the first copy.
 
@@ -132,6 +147,8 @@ def generate_report(run_root, *, title: str | None = None, extra: list[str] | No
         lines += ["**Duplicate runs found while merging** (first copy kept):", ""]
         lines += [f"- {n}" for n in dup_notes] + [""]
     lines += extra or []
+    lines += [f"Checkpoint selection and early stopping on: {selection_rule(records)} "
+              "(best checkpoint = best value of that signal; test accuracy is that checkpoint's).", ""]
     lines += [
         "Mean ± sample std over seeds (test accuracy of the best-validation checkpoint). "
         "time/epoch = wall time of one training epoch incl. validation; peak mem = process RSS high-water "

@@ -101,7 +101,7 @@ def paired_test(a: Sequence[float], b: Sequence[float], confidence: float = 0.95
                           "fewer than 2 pairs: no test")
     if nz == 0:
         return PairedTest(n, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0, "all differences are zero")
-    if np.all(d == d[0]):
+    if np.allclose(d, d[0], rtol=1e-12, atol=1e-12):
         t_stat, t_p = math.copysign(math.inf, d[0]), math.nan
         note = "constant non-zero difference: t-test undefined"
     else:
