@@ -160,6 +160,7 @@ def run_case(case: StepCase) -> list[dict[str, Any]]:
                    "batch": case.batch, "variant": variant, "path": path, "device": case.device,
                    "threads": torch.get_num_threads(), "status": "ok"}
             try:
+                row["saved_mb"] = saved_mb(model, x, mask)
                 warm_s = timed_call(step, (), dev)  # allocates the optimizer state
                 mem = measure_peak_memory(step, (), device=dev)
                 set_malloc_steady_state()
@@ -179,8 +180,31 @@ def run_case(case: StepCase) -> list[dict[str, Any]]:
     return rows
 
 
+def saved_mb(model, x, mask) -> float:
+    """MiB autograd saves for backward in one forward (deterministic; ``train.metrics.saved_activation_mb``)."""
+    from dualattn.train.metrics import saved_activation_mb
+
+    return saved_activation_mb(model, x, mask)
+
+
+def add_saved_mb(rows: list[dict[str, Any]], device: str = "cpu") -> list[dict[str, Any]]:
+    """Fill ``saved_mb`` for rows measured without it (forward passes only), then recompute the ratios."""
+    import torch
+
+    for r in rows:
+        if r.get("status") != "ok" or r.get("saved_mb") is not None or r.get("task") not in TASKS:
+            continue
+        task = TASKS[r["task"]]
+        torch.manual_seed(0)
+        model = build_model(task, r["variant"], int(r["seq_len"]), fused=r["path"] == "fused").to(device)
+        x, mask, _ = make_batch(task, int(r["seq_len"]), int(r.get("batch", 1)), 0, device)
+        r["saved_mb"] = saved_mb(model, x, mask)
+    add_ratios(rows)
+    return rows
+
+
 def add_ratios(rows: list[dict[str, Any]]) -> None:
-    """``time_ratio``/``mem_ratio`` = value / softmax's on the same (task, N, path)."""
+    """``time_ratio``, ``mem_ratio``, ``saved_ratio`` = value / softmax's on the same (task, N, path)."""
     base = {(r["task"], r["seq_len"], r["path"]): r for r in rows if r["variant"] == "softmax" and r["status"] == "ok"}
     for r in rows:
         b = base.get((r["task"], r["seq_len"], r["path"]))
@@ -190,6 +214,8 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
             r["time_ratio"] = r["step_ms"] / b["step_ms"]
         if b.get("peak_mem_mb"):
             r["mem_ratio"] = r["peak_mem_mb"] / b["peak_mem_mb"]
+        if b.get("saved_mb") and r.get("saved_mb") is not None:
+            r["saved_ratio"] = r["saved_mb"] / b["saved_mb"]
 
 
 def run_in_worker(case: StepCase, timeout_s: float = 900.0) -> list[dict[str, Any]]:
@@ -217,7 +243,7 @@ def lengths_for(task: Task, fractions: Sequence[float]) -> list[int]:
 
 
 CSV_COLUMNS = ("task", "seq_len", "tokens", "batch", "variant", "path", "step_ms", "time_ratio", "peak_mem_mb",
-               "mem_ratio", "first_step_s", "repeats", "threads", "device", "mem_method", "status", "error")
+               "mem_ratio", "saved_mb", "saved_ratio", "first_step_s", "repeats", "threads", "device", "mem_method", "status", "error")
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
@@ -261,31 +287,35 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     keys = sorted({(r["task"], r["seq_len"], r.get("variant")) for r in rows if r.get("variant")},
                   key=lambda k: (list(TASKS).index(k[0]) if k[0] in TASKS else 99, k[1], VARIANTS.index(k[2])
                                  if k[2] in VARIANTS else 99))
-    out = ["| task | N | variant | ref. step (ms) | ref. time ratio | ref. mem (MB) | ref. mem ratio "
-           "| fused step (ms) | fused time ratio | fused mem (MB) | fused mem ratio |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| task | N | variant | ref. step (ms) | ref. time ratio | ref. peak mem (MB) | ref. mem ratio "
+           "| ref. saved-act. ratio | fused step (ms) | fused time ratio | fused peak mem (MB) | fused mem ratio "
+           "| fused saved-act. ratio |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for t, n, v in keys:
         a, b = idx.get((t, n, v, "reference")), idx.get((t, n, v, "fused"))
         out.append(f"| {t} | {n} | {v} | {cell(a, 'step_ms', '{:.0f}')} | {cell(a, 'time_ratio', '{:.2f}')} "
                    f"| {cell(a, 'peak_mem_mb', '{:.0f}')} | {cell(a, 'mem_ratio', '{:.2f}')} "
+                   f"| {cell(a, 'saved_ratio', '{:.2f}')} "
                    f"| {cell(b, 'step_ms', '{:.0f}')} | {cell(b, 'time_ratio', '{:.2f}')} "
-                   f"| {cell(b, 'peak_mem_mb', '{:.0f}')} | {cell(b, 'mem_ratio', '{:.2f}')} |")
+                   f"| {cell(b, 'peak_mem_mb', '{:.0f}')} | {cell(b, 'mem_ratio', '{:.2f}')} "
+                   f"| {cell(b, 'saved_ratio', '{:.2f}')} |")
     return "\n".join(out)
 
 
 def memory_claim_lines(rows: Sequence[dict[str, Any]], claimed: float = 0.47) -> list[str]:
     """Where SH / BN+SH cut training-step memory by >= ``claimed`` - 5 points relative to softmax."""
     out = []
-    for path in PATHS:
-        cells = [r for r in rows if r.get("path") == path and r.get("variant") in ("sh", "bn+sh")
-                 and r.get("mem_ratio") is not None]
-        if not cells:
-            continue
-        best = min(cells, key=lambda r: r["mem_ratio"])
-        hold = [f"{r['task']} N={r['seq_len']} {r['variant']}" for r in cells if 1 - r["mem_ratio"] >= claimed - 0.05]
-        out.append(f"- {path} path: largest reduction {100 * (1 - best['mem_ratio']):.0f} % "
-                   f"({best['task']} N={best['seq_len']} {best['variant']}); >= {100 * (claimed - 0.05):.0f} % in "
-                   f"{len(hold)} of {len(cells)} cells" + (f": {', '.join(hold)}" if hold else ""))
+    for key, what in (("mem_ratio", "peak memory"), ("saved_ratio", "saved activations")):
+        for path in PATHS:
+            cells = [r for r in rows if r.get("path") == path and r.get("variant") in ("sh", "bn+sh")
+                     and r.get(key) is not None]
+            if not cells:
+                continue
+            best = min(cells, key=lambda r: r[key])
+            hold = [f"{r['task']} N={r['seq_len']} {r['variant']}" for r in cells if 1 - r[key] >= claimed - 0.05]
+            out.append(f"- {what}, {path} path: largest reduction {100 * (1 - best[key]):.0f} % "
+                       f"({best['task']} N={best['seq_len']} {best['variant']}); >= {100 * (claimed - 0.05):.0f} % "
+                       f"in {len(hold)} of {len(cells)} cells" + (f": {', '.join(hold)}" if hold else ""))
     return out
 
 

@@ -37,7 +37,7 @@ def train_step(
     from dualattn.bench.train_step import markdown_table, memory_claim_lines, run_train_step_benchmark, write_csv
 
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
-    from dualattn.bench.train_step import TASKS, lengths_for, read_csv
+    from dualattn.bench.train_step import TASKS, add_saved_mb, lengths_for, read_csv
 
     rows: list = read_csv(out / "train_step.csv") if resume and (out / "train_step.csv").is_file() else []
     done = {(r["task"], int(r["seq_len"])) for r in rows if r.get("status") == "ok"}
@@ -60,12 +60,16 @@ def train_step(
             typer.secho(f"error: {exc}", fg="red", err=True)
             raise typer.Exit(2)
         csv_path = write_csv(rows, out / "train_step.csv")
+    rows = add_saved_mb(rows, device)
+    csv_path = write_csv(rows, out / "train_step.csv")
     cmd = "dualattn bench train-step " + " ".join(a for a in sys.argv[1:] if a not in ("bench", "train-step"))
     failed = [r for r in rows if r.get("status") != "ok"]
     md = [f"# LRA training step: time and peak memory per attention variant", "",
           f"Command: `{cmd.strip()}`", "",
           "One step = forward + cross-entropy + backward + AdamW on one batch of the LRA model (2 layers, d_model 64, "
           "2 heads, FFN 128). Ratios are to softmax on the same path, measured in the same process "
+          "(peak memory: process RSS high-water mark growth on CPU, one sample, noisy by a few MB; saved activations: "
+          "bytes autograd keeps for backward in one forward, deterministic) "
           "(timing round-robin over the variants). `reference` = every variant materialises the N x N weights "
           "(the paper's implementation); `fused` = the library's fast paths.", "",
           markdown_table(rows), "", "## Memory claim (SH / BN+SH up to 47 % less memory)", ""]
