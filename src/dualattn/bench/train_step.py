@@ -322,8 +322,11 @@ def memory_claim_lines(rows: Sequence[dict[str, Any]], claimed: float = 0.47) ->
 def run_train_step_benchmark(tasks: Sequence[str], fractions: Sequence[float], *, batch: int = 2,
                              repeats: int = 3, threads: int | None = None, device: str = "cpu",
                              variants: Sequence[str] = VARIANTS, paths: Sequence[str] = PATHS,
-                             progress: bool = True) -> list[dict[str, Any]]:
-    """Every task at every fraction of its LRA length, each (task, N) in its own worker process."""
+                             progress: bool = True, on_case=None,
+                             timeout_s: float = 900.0) -> list[dict[str, Any]]:
+    """Every task at every fraction of its LRA length, each (task, N) in its own worker process.
+
+    ``on_case(rows_so_far)`` is called after each (task, N) (e.g. to rewrite the CSV)."""
     bad = [t for t in tasks if t not in TASKS]
     if bad:
         raise ValueError(f"tasks: unknown {bad}; expected names from {list(TASKS)}")
@@ -344,7 +347,9 @@ def run_train_step_benchmark(tasks: Sequence[str], fractions: Sequence[float], *
         bar = prog.add_task("train-step", total=len(cases))
         for c in cases:
             prog.update(bar, description=f"{c.task} N={c.seq_len}")
-            rows += run_in_worker(c)
+            rows += run_in_worker(c, timeout_s)
+            if on_case is not None:
+                on_case(rows)
             prog.advance(bar)
     return rows
 

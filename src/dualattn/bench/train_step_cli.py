@@ -30,6 +30,7 @@ def train_step(
     variants: str = typer.Option("softmax,linear,bn,sh,bn+sh", "--variants"),
     paths: str = typer.Option("reference,fused", "--paths", help="reference (materialised N x N weights), fused, or both."),
     out: Path = typer.Option(Path("benchmarks/results/lra-train-step"), "--out", help="Output folder (CSV + markdown)."),
+    timeout_s: float = typer.Option(900.0, "--timeout-s", min=1.0, help="Limit per (task, N) worker; a slower cell is recorded as failed."),
     resume: bool = typer.Option(True, "--resume/--no-resume",
                                 help="Keep the (task, N) cells already in OUT/train_step.csv and measure only the others."),
 ) -> None:
@@ -53,9 +54,10 @@ def train_step(
                 typer.echo(f"{task}: reusing {len(fr) - len(todo)} measured length(s) from {csv_path}", err=True)
             fr = todo
         try:
-            rows += run_train_step_benchmark([task], fr, batch=batch, repeats=repeats,
-                                             threads=threads, device=device, variants=split(variants),
-                                             paths=split(paths))
+            prev = list(rows)
+            rows = prev + run_train_step_benchmark(
+                [task], fr, batch=batch, repeats=repeats, threads=threads, device=device, variants=split(variants),
+                paths=split(paths), timeout_s=timeout_s, on_case=lambda new: write_csv(prev + new, csv_path))
         except ValueError as exc:
             typer.secho(f"error: {exc}", fg="red", err=True)
             raise typer.Exit(2)
