@@ -90,3 +90,15 @@ def test_verdict_best_and_memory():
     assert st.verdict_memory("m", {"sh N=1024": 0.45, "sh N=256": 0.1}).verdict == st.SUPPORTED
     assert st.verdict_memory("m", {"sh N=1024": 0.2}).verdict == st.NOT_SUPPORTED
     assert st.verdict_memory("m", {}).verdict == st.INCONCLUSIVE
+
+
+def test_efficiency_csv_prefers_saved_activations(tmp_path):
+    from dualattn.report.evidence import read_efficiency_csv
+
+    p = tmp_path / "t.csv"
+    p.write_text("task,seq_len,variant,path,mem_ratio,saved_ratio\n"
+                 "text,4000,sh,reference,0.5,0.64\ntext,4000,bn+sh,fused,1.1,\ntext,4000,softmax,fused,1,1\n")
+    red = read_efficiency_csv(p)
+    assert red == {"sh text N=4000 reference saved act.": pytest.approx(0.36),
+                   "bn+sh text N=4000 fused peak mem.": pytest.approx(-0.1)}
+    assert st.verdict_memory("m", red).verdict == st.NOT_SUPPORTED

@@ -79,16 +79,24 @@ def per_dataset_table(groups: dict[str, list[Group]]) -> tuple[list[str], dict[s
 
 
 def read_efficiency_csv(path: str | Path) -> dict[str, float]:
-    """Memory reductions ``1 - mem_ratio`` of sh and bn+sh from a ``dualattn bench train-step`` CSV."""
+    """Memory reductions of sh and bn+sh from a ``dualattn bench train-step`` CSV.
+
+    ``1 - saved_ratio`` (saved activations: deterministic) where present, else ``1 - mem_ratio`` (peak memory).
+    """
     out = {}
     with Path(path).open() as f:
         for row in csv.DictReader(f):
-            if row.get("variant") in ("sh", "bn+sh") and row.get("mem_ratio") not in (None, ""):
-                try:
-                    out[f"{row['variant']} {row.get('task', '')} N={row.get('seq_len', '')} {row.get('path', '')}"] = \
-                        1.0 - float(row["mem_ratio"])
-                except ValueError:
-                    continue
+            if row.get("variant") not in ("sh", "bn+sh"):
+                continue
+            key = "saved_ratio" if row.get("saved_ratio") not in (None, "") else "mem_ratio"
+            if row.get(key) in (None, ""):
+                continue
+            what = "saved act." if key == "saved_ratio" else "peak mem."
+            try:
+                out[f"{row['variant']} {row.get('task', '')} N={row.get('seq_len', '')} {row.get('path', '')} "
+                    f"{what}"] = 1.0 - float(row[key])
+            except ValueError:
+                continue
     return out
 
 
