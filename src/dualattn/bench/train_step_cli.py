@@ -43,6 +43,7 @@ def train_step(
     rows: list = read_csv(out / "train_step.csv") if resume and (out / "train_step.csv").is_file() else []
     done = {(r["task"], int(r["seq_len"])) for r in rows if r.get("status") == "ok"}
     rows = [r for r in rows if (r["task"], int(r["seq_len"])) in done]
+    kept = sorted(done)
     csv_path = out / "train_step.csv"
     for task in split(tasks):  # the CSV is rewritten after each task, so an interrupted sweep keeps its cells
         fr = _floats(fractions, "--fractions")
@@ -67,7 +68,9 @@ def train_step(
     cmd = "dualattn bench train-step " + " ".join(a for a in sys.argv[1:] if a not in ("bench", "train-step"))
     failed = [r for r in rows if r.get("status") != "ok"]
     md = [f"# LRA training step: time and peak memory per attention variant", "",
-          f"Command: `{cmd.strip()}`", "",
+          f"Command: `{cmd.strip()}`" + (
+              f" (plus {len(kept)} (task, N) cells kept from earlier calls into this folder: "
+              + ", ".join(f"{t} {n}" for t, n in kept) + ")" if kept else ""), "",
           "One step = forward + cross-entropy + backward + AdamW on one batch of the LRA model (2 layers, d_model 64, "
           "2 heads, FFN 128). Ratios are to softmax on the same path, measured in the same process "
           "(peak memory: process RSS high-water mark growth on CPU, one sample, noisy by a few MB; saved activations: "
