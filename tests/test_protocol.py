@@ -190,7 +190,7 @@ def test_jobs_2_gives_the_same_results_as_jobs_1(tmp_path):
         name: tiny
         variants: [softmax, bn]
         experiments:
-          - {config: tiny.yaml, datasets: [ItalyPowerDemand], seeds: 2}
+          - {config: tiny.yaml, datasets: [ItalyPowerDemand], seeds: 1}
     """))
     from dualattn.train.reproduce import execute
 
@@ -198,6 +198,6 @@ def test_jobs_2_gives_the_same_results_as_jobs_1(tmp_path):
     for jobs in (1, 2):
         _, runs = plan_runs(tmp_path / "proto.yaml", out=tmp_path / f"j{jobs}")
         res = execute(runs, jobs=jobs, show_progress=False)
-        assert [o.status for o in res] == ["ok"] * 4, [o.error for o in res]
+        assert [o.status for o in res] == ["ok"] * 2, [o.error for o in res]
         outs[jobs] = _accs(tmp_path / f"j{jobs}" / "tiny")
-    assert len(outs[1]) == 4 and outs[1] == outs[2]
+    assert len(outs[1]) == 2 and outs[1] == outs[2]
