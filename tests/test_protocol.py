@@ -52,7 +52,7 @@ def test_paper_protocol_plan():
         if r.cfg.data.name in ts:  # paper recipe, checkpoint/stop on validation loss
             m = r.cfg.model
             assert (m.dim, m.depth, m.num_heads, r.cfg.optim.name, r.cfg.optim.lr) == (512, 2, 8, "radam", 1e-3)
-            assert r.cfg.trainer.monitor == "val_loss"
+            assert r.cfg.trainer.monitor == "val_loss" and r.cfg.trainer.patience == 7  # budget adaptation
     assert load_config(CONFIGS / "uea.yaml").trainer.monitor == "val_loss"
 
 
