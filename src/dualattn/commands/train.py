@@ -73,59 +73,89 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def report(
-        run_dir: Path = typer.Argument(..., help="A run directory (any level: runs/<name> or one seed)."),
+        run_dirs: List[Path] = typer.Argument(..., help="Run directories (any level: runs/<name> or one seed); several are merged."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Where report.md, runs.csv and plots go (default: the first RUN_DIR)."),
+        efficiency: Optional[Path] = typer.Option(None, "--efficiency", help="CSV of `dualattn bench train-step` for the memory verdict."),
     ) -> None:
-        """Aggregate every summary.json under RUN_DIR into RUN_DIR/report.md and PNG plots."""
-        from dualattn.report import generate_report
+        """Aggregate every summary.json under RUN_DIRS into report.md (+ statistics, verdicts, PNG plots).
 
+        Several folders (e.g. the shards of `reproduce --shard i/k`) are merged; a run found twice
+        (same name/dataset/variant/seed) is counted once and listed in the report.
+        """
+        from dualattn.report import generate_report
+        from dualattn.report.markdown import collect_runs
+
+        if efficiency is not None and not efficiency.is_file():
+            _fail(f"--efficiency: file not found: {efficiency}")
         try:
-            path = generate_report(run_dir)
+            _, dups = collect_runs(run_dirs)
+            path = generate_report(run_dirs, out_dir=out, efficiency_csv=efficiency)
         except FileNotFoundError as exc:
             _fail(str(exc))
+        for d in dups:
+            typer.secho(f"warning: {d}", fg="yellow", err=True)
         typer.echo(f"report: {path}")
 
     @app.command()
     def reproduce(
-        quick: bool = typer.Option(False, "--quick", help="CPU demo protocol (configs/reproduce-quick.yaml), the default."),
-        full: bool = typer.Option(False, "--full", help="Paper-scale protocol (configs/reproduce-full.yaml)."),
-        protocol: Optional[Path] = typer.Option(None, "--protocol", help="Custom protocol YAML."),
+        quick: bool = typer.Option(False, "--quick", help="CPU demo protocol (built-in reproduce-quick.yaml), the default."),
+        full: bool = typer.Option(False, "--full", help="Paper-scale protocol for a GPU (built-in reproduce-full.yaml)."),
+        paper: bool = typer.Option(False, "--paper", help="Paper recipe on 8 real time-series sets + LRA/ViT at CPU scale (reproduce-paper.yaml)."),
+        protocol: Optional[Path] = typer.Option(None, "--protocol", help="Protocol YAML (e.g. configs/reproduce-paper.yaml)."),
         datasets: Optional[List[str]] = typer.Option(None, "--datasets", help="Subset of the protocol's datasets (comma-separated or repeated)."),
         variants: Optional[List[str]] = typer.Option(None, "--variants", help="Attention variants (comma-separated or repeated)."),
         seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="Seeds per (dataset, variant); default from the protocol."),
-        name: Optional[str] = typer.Option(None, "--name", help="Run name (default 'quick' / 'full')."),
+        name: Optional[str] = typer.Option(None, "--name", help="Run name (default: the protocol's name)."),
         out: Path = typer.Option(Path("runs"), "--out", help="Runs are written to OUT/<name>/."),
         override: Optional[List[str]] = typer.Option(None, "--set", help="Extra dotted override for every run, e.g. --set trainer.max_epochs=5"),
+        jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Worker processes running independent runs in parallel (threads split between them)."),
+        shard: Optional[str] = typer.Option(None, "--shard", help="Run only shard i of k (0 <= i < k), e.g. 0/4, for cluster job arrays; merge with `dualattn report DIR...`."),
+        estimate_only: bool = typer.Option(False, "--estimate", help="Print the plan and time estimate, then exit."),
+        write_report: bool = typer.Option(True, "--report/--no-report", help="Write OUT/<name>/report.md at the end (shards: merge later with `dualattn report`)."),
     ) -> None:
-        """Run the paper's comparison (variants x datasets x seeds) and write OUT/<name>/report.md."""
+        """Run a protocol (variants x datasets x seeds), resumable, and write OUT/<name>/report.md."""
         from dualattn.train.config import ConfigError
         from dualattn.train.data import DataError
-        from dualattn.train.reproduce import configs_dir, execute, plan_runs, preflight
+        from dualattn.train.reproduce import builtin_protocol, estimate, execute, parse_shard, plan_runs, preflight
 
-        if quick and full:
-            _fail("choose one of --quick and --full")
-        if protocol is None:
-            protocol = configs_dir() / ("reproduce-full.yaml" if full else "reproduce-quick.yaml")
+        if sum([quick, full, paper, protocol is not None]) > 1:
+            _fail("choose one of --quick, --full, --paper and --protocol")
         try:
+            if protocol is None:
+                protocol = builtin_protocol("full" if full else "paper" if paper else "quick")
+            shard_t = parse_shard(shard) if shard else None
             proto, runs = plan_runs(protocol, out=out, name=name, datasets=_split_csv(datasets),
-                                    variants=_split_csv(variants), seeds=seeds, overrides=override or [])
+                                    variants=_split_csv(variants), seeds=seeds, overrides=override or [],
+                                    shard=shard_t)
         except ConfigError as exc:
             _fail(str(exc))
         root = out / (name or proto.name)
-        typer.echo(f"reproduce: {len(runs)} runs from {protocol} -> {root}", err=True)
+        where = f" (shard {shard})" if shard else ""
+        typer.echo(f"reproduce: {len(runs)} runs{where} from {protocol} -> {root}", err=True)
+        est = estimate(runs, jobs)
+        typer.echo(est.describe(), err=True)
+        if proto.estimate_note:
+            typer.echo(f"  ({proto.estimate_note})", err=True)
+        if estimate_only:
+            return
         t0 = time.perf_counter()
         try:
-            preflight(runs)
+            preflight(runs, log=lambda m: typer.echo(m, err=True))
         except DataError as exc:
             _fail(str(exc))
-        outcomes = execute(runs, show_progress=True)
+        outcomes = execute(runs, jobs=jobs, show_progress=True)
         wall = time.perf_counter() - t0
         from dualattn.report import generate_report
 
         n_fail = sum(o.status == "failed" for o in outcomes)
+        if not write_report:
+            typer.echo(f"{len(runs)} runs ({n_fail} failed) in {wall / 60:.1f} min; report skipped "
+                       f"(dualattn report {root} ...)", err=True)
+            raise typer.Exit(1 if n_fail else 0)
         cmd = "dualattn " + " ".join(sys.argv[1:]) if sys.argv and "reproduce" in sys.argv else "dualattn reproduce"
         extra = [
             f"Command: `{cmd}` — {len(runs)} runs ({sum(o.status == 'skipped' for o in outcomes)} reused, "
-            f"{n_fail} failed), wall time {wall / 60:.1f} min this invocation.",
+            f"{n_fail} failed), wall time {wall / 60:.1f} min this invocation with --jobs {jobs}.",
             "",
         ]
         path = generate_report(root, title=f"dualattn reproduce: {root.name}", extra=extra)

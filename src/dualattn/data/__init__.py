@@ -8,6 +8,7 @@ from . import images as _images  # noqa: F401  (registers "digits-pixels")
 from . import listops as _listops  # noqa: F401  (registers "listops", "listops-small")
 from . import pathfinder as _pathfinder  # noqa: F401  (registers "pathfinder", "pathfinder-small")
 from . import uea as _uea  # noqa: F401  (registers UEA names)
+from . import ucr as _ucr  # noqa: F401  (registers the UCR sets shipped with aeon)
 from .base import (
     SPLITS,
     CacheDirError,

@@ -81,16 +81,74 @@ def redundancy_table(groups) -> list[str]:
     return lines
 
 
-def generate_report(run_root: str | Path, *, title: str | None = None, extra: list[str] | None = None) -> Path:
-    """Aggregate every ``summary.json`` under ``run_root`` into ``report.md`` + PNGs there."""
-    root = Path(run_root)
-    records = find_runs(root)
+def selection_rule(records) -> str:
+    """Which validation signal chose the checkpoint and stopped training (``trainer.monitor`` of each run)."""
+    import yaml
+
+    counts: dict[str, int] = {}
+    for r in records:
+        try:
+            cfg = yaml.safe_load((r.path / "config.yaml").read_text()) or {}
+            mon = str((cfg.get("trainer") or {}).get("monitor", "?"))
+        except (OSError, yaml.YAMLError):
+            mon = "?"
+        counts[mon] = counts.get(mon, 0) + 1
+    return ", ".join(f"`{m}` ({n} runs)" for m, n in sorted(counts.items()))
+
+
+def collect_runs(roots) -> tuple[list, list[str]]:
+    """Every run under each root; duplicates of ``(name, dataset, variant, seed)`` keep the first copy.
+
+    Returns ``(records, notes)``; each note describes one duplicate (identical or conflicting test accuracy).
+    """
+    records, seen, notes = [], {}, []
+    for root in roots:
+        for r in find_runs(root):
+            s = r.summary
+            key = (s.get("name"), s.get("dataset"), s.get("variant"), s.get("seed"))
+            if None in key[1:] or s.get("seed") is None:
+                records.append(r)
+                continue
+            if key in seen:
+                first = seen[key]
+                same = first.summary.get("test_acc") == s.get("test_acc") and first.ok == r.ok
+                kind = "identical" if same else "CONFLICTING"
+                notes.append(f"{kind} duplicate of {key[1]}/{key[2]}/seed{key[3]}: `{r.path}` "
+                             f"(test acc {s.get('test_acc')}) ignored, kept `{first.path}` "
+                             f"(test acc {first.summary.get('test_acc')})")
+                continue
+            seen[key] = r
+            records.append(r)
+    return records, notes
+
+
+def generate_report(run_root, *, title: str | None = None, extra: list[str] | None = None,
+                    out_dir: str | Path | None = None, efficiency_csv: str | Path | None = None,
+                    statistics: bool = True) -> Path:
+    """Aggregate every ``summary.json`` under ``run_root`` (a folder or a list of folders, merged) into
+    ``report.md`` + PNGs in ``out_dir`` (default: the first folder)."""
+    from dualattn.report.evidence import statistics_section
+
+    roots = [Path(run_root)] if isinstance(run_root, (str, Path)) else [Path(p) for p in run_root]
+    if not roots:
+        raise FileNotFoundError("no run directory given")
+    root = Path(out_dir) if out_dir is not None else roots[0]
+    records, dup_notes = collect_runs(roots)
     if not records:
-        raise FileNotFoundError(f"no summary.json found under {root}; run `dualattn train` or `reproduce` first")
+        raise FileNotFoundError(f"no summary.json found under {', '.join(map(str, roots))}; "
+                                "run `dualattn train` or `reproduce` first")
+    root.mkdir(parents=True, exist_ok=True)
     groups = group_runs(records)
     ok_groups = {ds: gs for ds, gs in groups.items() if any(g.ok_runs() for g in gs)}
     lines = [f"# {title or 'Results: ' + root.name}", ""]
+    if len(roots) > 1:
+        lines += ["Merged from: " + ", ".join(f"`{p}`" for p in roots), ""]
+    if dup_notes:
+        lines += ["**Duplicate runs found while merging** (first copy kept):", ""]
+        lines += [f"- {n}" for n in dup_notes] + [""]
     lines += extra or []
+    lines += [f"Checkpoint selection and early stopping on: {selection_rule(records)} "
+              "(best checkpoint = best value of that signal; test accuracy is that checkpoint's).", ""]
     lines += [
         "Mean ± sample std over seeds (test accuracy of the best-validation checkpoint). "
         "time/epoch = wall time of one training epoch incl. validation; peak mem = process RSS high-water "
@@ -101,6 +159,14 @@ def generate_report(run_root: str | Path, *, title: str | None = None, extra: li
     ]
     lines += results_table(groups) + [""]
     lines += ["## Head redundancy per layer", "", REDUNDANCY_DEFINITION, ""] + redundancy_table(groups) + [""]
+    if statistics and ok_groups:
+        import json
+
+        from dualattn.report.evidence import verdict_rows
+
+        stat_lines, verdicts = statistics_section(ok_groups, root, efficiency_csv=efficiency_csv)
+        lines += stat_lines
+        (root / "verdicts.json").write_text(json.dumps(verdict_rows(verdicts), indent=2))
     failed = [r for r in records if not r.ok]
     if failed:
         lines += ["## Failed or unfinished runs", ""]

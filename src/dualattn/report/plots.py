@@ -148,3 +148,45 @@ def attention_maps(dataset: str, gs: list[Group], path: Path, layer: int = -1) -
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
+
+
+def critical_difference(mean_rank: dict[str, float], cd: float, path: Path, *, title: str = "") -> Path:
+    """Critical-difference diagram (Demsar 2006): mean ranks on an axis (1 = best, left), a bar
+    of length CD, and thick lines joining variants whose mean ranks differ by less than CD."""
+    plt = _plt()
+    names = sorted(mean_rank, key=mean_rank.get)
+    k = len(names)
+    fig, ax = plt.subplots(figsize=(6.5, 1.2 + 0.32 * k))
+    lo, hi = 1, max(k, 2)
+    ax.set_xlim(lo - 0.3, hi + 0.3)
+    ax.set_ylim(-(k + 1.5), 1.6)
+    ax.axhline(0, color="k", lw=1)
+    for r in range(lo, hi + 1):
+        ax.plot([r, r], [0, 0.15], color="k", lw=1)
+        ax.text(r, 0.3, str(r), ha="center", va="bottom", fontsize=8)
+    ax.plot([lo, lo + cd], [1.2, 1.2], color="k", lw=2)
+    ax.text(lo + cd / 2, 1.3, f"CD = {cd:.2f}", ha="center", va="bottom", fontsize=8)
+    for i, v in enumerate(names):
+        y = -(i + 1)
+        r = mean_rank[v]
+        ax.plot([r, r], [0, y], color="0.4", lw=0.8)
+        ax.plot([r], [0], "o", color="k", ms=3)
+        ax.text(hi + 0.25 if i >= k / 2 else lo - 0.25, y, f"{v} ({r:.2f})",
+                ha="left" if i >= k / 2 else "right", va="center", fontsize=8)
+        ax.plot([r, hi + 0.2 if i >= k / 2 else lo - 0.2], [y, y], color="0.4", lw=0.8)
+    # cliques: maximal runs of consecutive variants within CD of each other
+    cliques, n_bar = [], 0
+    for i in range(k):
+        j = max(jj for jj in range(i, k) if mean_rank[names[jj]] - mean_rank[names[i]] < cd)
+        if j > i and not any(a <= i and j <= b for a, b in cliques):
+            cliques.append((i, j))
+    for a, b in cliques:
+        y = -0.35 - 0.18 * n_bar
+        ax.plot([mean_rank[names[a]] - 0.03, mean_rank[names[b]] + 0.03], [y, y], color="k", lw=3)
+        n_bar += 1
+    ax.axis("off")
+    ax.set_title(title or "mean rank (1 = best); joined = not significantly different (Nemenyi)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
