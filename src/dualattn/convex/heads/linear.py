@@ -65,6 +65,44 @@ class LinearAttentionHead(ConvexHead):
         W = (xbar[:, :, None] * V[:, None, :]).reshape(-1, d * c)
         return _from_pooled_basis(G.transpose(0, 1) @ W, d, c)
 
+    # ------------------------------------------------ matrix-free (factored) protocol
+    # With ``Z = A B^T``, ``A (1, d^2, r)`` rows ``(k, a)`` and ``B (1, dc, r)`` rows ``(l, e)``,
+    # and ``G_i = X_i^T X_i`` applied as ``X_i^T (X_i .)`` (cost ``O(s d)``, not ``O(d^2)``).
+    def factored_features(self, X: Tensor) -> dict[str, Tensor]:
+        """``xbar (n, d)`` and ``X (n, s, d)`` (``G_i`` is never formed)."""
+        X = X.to(device=self.device, dtype=self.dtype)
+        return {"xbar": X.mean(dim=1), "X": X}
+
+    @staticmethod
+    def _gram(X: Tensor, T: Tensor) -> Tensor:
+        """``G_i T_i = X_i^T (X_i T_i)`` for ``T (n, d, k)``."""
+        return X.transpose(1, 2) @ (X @ T)
+
+    def factored_apply(self, A: Tensor, B: Tensor, feats: dict[str, Tensor]) -> Tensor:
+        """``fbar_i = sum_j xbar_i^T W1j G_i W2j``: ``u = W1^T xbar`` (one GEMM), ``G u``, then ``B``."""
+        d, c = self.d, self.c
+        r = A.shape[2]
+        u = feats["xbar"] @ A[0].reshape(d, d, r).permute(1, 0, 2).reshape(d, d * r)  # (n, k*r)
+        w = self._gram(feats["X"], u.reshape(-1, d, r))  # (n, l, r)
+        return w.reshape(-1, d * r) @ B[0].reshape(d, c, r).permute(0, 2, 1).reshape(d * r, c)
+
+    def adjoint_matmul(self, V: Tensor, W: Tensor, feats: dict[str, Tensor]) -> Tensor:
+        """``(M W)[(k,a)] = sum_i xbar_i[a] (G_i W_mat V_i)[k]`` for ``M = A^*(V)``, ``W (1, dc, K)``."""
+        d, c = self.d, self.c
+        K = W.shape[2]
+        t = torch.einsum("ie,leK->ilK", V, W[0].reshape(d, c, K))
+        w = self._gram(feats["X"], t)  # (n, k, K)
+        out = feats["xbar"].transpose(0, 1) @ w.reshape(-1, d * K)  # (a, k*K)
+        return out.reshape(d, d, K).permute(1, 0, 2).reshape(1, d * d, K)
+
+    def adjoint_rmatmul(self, V: Tensor, U: Tensor, feats: dict[str, Tensor]) -> Tensor:
+        """``(M^T U)[(l,e)] = sum_i V_i[e] (G_i U_mat^T xbar_i)[l]`` for ``U (1, d^2, K)``."""
+        d, c = self.d, self.c
+        K = U.shape[2]
+        t = feats["xbar"] @ U[0].reshape(d, d, K).permute(1, 0, 2).reshape(d, d * K)
+        w = self._gram(feats["X"], t.reshape(-1, d, K))  # (n, l, K)
+        return torch.einsum("ilK,ie->leK", w, V).reshape(1, d * c, K)
+
     def unlift(self, a: Tensor, b: Tensor, gate: Tensor) -> Weights:
         d, c = self.d, self.c
         return {"W1": a.reshape(-1, d, d).transpose(1, 2).contiguous(), "W2": b.reshape(-1, d, c).contiguous()}
