@@ -170,6 +170,18 @@ class ConvexHead(abc.ABC):
         """``A_X(Z)`` for ``Z_g = A_g B_g^T`` (differentiable; default forms ``Z``)."""
         return self.apply(A @ B.transpose(1, 2), feats)
 
+    def factored_vjp(self, A: Tensor, B: Tensor, feats: dict[str, Tensor]):
+        """``out = A_X(A B^T)`` and ``vjp(lam) -> (M B, M^T A)`` with ``M = A_X^*(lam)`` (the gradients
+        of ``<lam, out>`` in ``A`` and ``B``).  Default: autograd through :meth:`factored_apply`."""
+        Al, Bl = A.detach().requires_grad_(True), B.detach().requires_grad_(True)
+        with torch.enable_grad():
+            out = self.factored_apply(Al, Bl, feats)
+
+        def vjp(lam: Tensor) -> tuple[Tensor, Tensor]:
+            return torch.autograd.grad(out, (Al, Bl), grad_outputs=lam)
+
+        return out.detach(), vjp
+
     def adjoint_matmul(self, V: Tensor, W: Tensor, feats: dict[str, Tensor]) -> Tensor:
         """``M_g W_g`` for ``M = A_X^*(V)`` and ``W (P, q, k)`` without forming ``M``: ``(P, p, k)``.
 

@@ -81,12 +81,10 @@ class FactoredOperator:
         """Global ``F(A_X(A B^T))`` and its gradients in ``A``, ``B`` (chunked backward, all-reduced)."""
         gA, gB = torch.zeros_like(A), torch.zeros_like(B)
         f = torch.zeros((), dtype=self.dtype, device=self.device)
-        Al, Bl = A.detach().requires_grad_(True), B.detach().requires_grad_(True)
         for (a, b), feats in zip(self.bounds, self.feats):
-            with torch.enable_grad():
-                out = self.head.factored_apply(Al, Bl, feats)
-                val, lam = loss.value_grad(out.detach(), Y[a:b])
-                ga, gb = torch.autograd.grad(out, (Al, Bl), grad_outputs=lam)
+            out, vjp = self.head.factored_vjp(A.detach(), B.detach(), feats)
+            val, lam = loss.value_grad(out, Y[a:b])
+            ga, gb = vjp(lam)
             f += val
             gA += ga
             gB += gb
