@@ -359,11 +359,9 @@ def _global_num_classes(y, comm: Comm) -> int:
 
 
 def _factorised_chunk(head: ConvexHead, X: Tensor, budget_bytes: float = 2**27) -> int:
-    """Samples per chunk so that per-chunk intermediates (``~ P s max(s, d) 64`` floats per sample) fit ``budget_bytes``."""
-    P = head.variable_shape()[0]
-    n, s, d = X.shape
-    per_sample = P * s * max(s, d) * 64 * X.element_size()
-    return int(min(max(budget_bytes // per_sample, 16), 2048))
+    """Samples per chunk so that per-chunk intermediates at rank 64 fit ``budget_bytes``."""
+    per_sample = head.factored_bytes_per_sample(int(X.shape[1]), 64)
+    return int(min(max(budget_bytes // max(per_sample, 1), 16), 4096))
 
 
 def _certify_factors_float64(head, lossf, beta, res, X, Y, chunk_size, dtype, device, comm, tol) -> None:

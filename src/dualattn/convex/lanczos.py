@@ -16,8 +16,8 @@ it into an upper bound (:func:`spectral_norm_bound`):
 * **exact** (deterministic): if ``k >= N`` the Krylov space is all of ``R^N`` (a
   breakdown restarts with a fresh vector orthogonal to the basis), so ``theta``
   *is* ``lambda_max`` (up to rounding, covered by a relative slack of
-  ``1e3 * eps * sqrt(N)``).  When ``M`` is small enough it is formed from ``N``
-  products with the identity and its norm computed by a dense eigensolver instead.
+  ``1e3 * eps * sqrt(N)``).  When ``M`` fits in ``dense_bytes`` it is formed from ``N``
+  products with identity columns (batched GEMMs) and its norm computed by a dense eigensolver.
 * **probabilistic** (Kuczyński & Woźniakowski, SIAM J. Matrix Anal. Appl. 13(4),
   1992, Thm 4.2): for a PSD ``H`` of size ``N`` and a start vector uniform on the
   sphere, ``k`` Lanczos steps satisfy
@@ -186,8 +186,8 @@ class BlockOperator:
                    dense_bytes: float = 2**28, max_steps: int | None = None) -> NormBound:
         """Upper bound on ``max_g ||M_g||_2`` (see the module docstring for why it is valid).
 
-        Uses the dense matrix if ``P p q`` floats fit in ``dense_bytes`` and the Krylov
-        method would need ``N`` steps anyway; else ``k = steps_for(N, eps, delta / P)`` Lanczos
+        Uses the dense matrix (exact) if ``P p q`` floats fit in ``dense_bytes``; else
+        ``k = steps_for(N, eps, delta / P)`` Lanczos
         steps (``max_steps`` caps ``k``; ``eps`` then grows accordingly).
         """
         N = self.small_side
@@ -195,7 +195,7 @@ class BlockOperator:
         if max_steps is not None:
             k = min(k, int(max_steps))
         fp_slack = 1e3 * torch.finfo(self.dtype).eps * math.sqrt(N)
-        if k >= N and self.P * self.p * self.q * torch.finfo(self.dtype).bits / 8 <= dense_bytes:
+        if self.P * self.p * self.q * torch.finfo(self.dtype).bits / 8 <= dense_bytes:
             M = self.dense()
             H = M.transpose(1, 2) @ M if self.q <= self.p else M @ M.transpose(1, 2)
             lam = torch.linalg.eigvalsh(H)[:, -1].clamp_min(0.0)

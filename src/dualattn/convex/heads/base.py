@@ -166,6 +166,11 @@ class ConvexHead(abc.ABC):
         """Per-sample statistics for :meth:`factored_apply` (default: :meth:`features`)."""
         return self.features(X)
 
+    def factored_bytes_per_sample(self, s: int, r: int) -> int:
+        """Rough bytes of per-sample intermediates of :meth:`factored_apply` at rank ``r`` (sets chunk sizes)."""
+        P, p, q = self.variable_shape()
+        return P * s * max(s, self.d) * r * (torch.finfo(self.dtype).bits // 8)
+
     def factored_apply(self, A: Tensor, B: Tensor, feats: dict[str, Tensor]) -> Tensor:
         """``A_X(Z)`` for ``Z_g = A_g B_g^T`` (differentiable; default forms ``Z``)."""
         return self.apply(A @ B.transpose(1, 2), feats)

@@ -73,6 +73,10 @@ class LinearAttentionHead(ConvexHead):
         X = X.to(device=self.device, dtype=self.dtype)
         return {"xbar": X.mean(dim=1), "X": X}
 
+    def factored_bytes_per_sample(self, s: int, r: int) -> int:
+        """``X_i`` plus a few ``(d, r)`` intermediates (``u``, ``G u``)."""
+        return (s * self.d + 4 * self.d * r + self.d * self.c) * (torch.finfo(self.dtype).bits // 8)
+
     @staticmethod
     def _gram(X: Tensor, T: Tensor) -> Tensor:
         """``G_i T_i = X_i^T (X_i T_i)`` for ``T (n, d, k)``."""

@@ -168,11 +168,11 @@ def factorised(
     Z0=None,
     tol: float = 1e-4,
     max_outer: int = 200,
-    inner_iters: int = 50,
+    inner_iters: int = 20,
     max_rank: int | None = None,
-    grow: int = 4,
+    grow: int = 16,
     grow_tol: float = 0.0,
-    check_steps: int = 40,
+    check_steps: int = 30,
     delta: float = 1e-6,
     norm_eps: float | None = None,
     dense_bytes: float = 2**28,
@@ -224,7 +224,8 @@ def factorised(
         if A.shape[2] > 0:
             if lbfgs is None:
                 lbfgs = _LBFGS(op, loss, Y, beta, A, B, history_size, lbfgs_memory_bytes)
-            A, B, n_eval = lbfgs.run(inner_iters)
+            deadline = None if max_time is None else t0 + max_time
+            A, B, n_eval = lbfgs.run(inner_iters, deadline)
             evals += n_eval
         # ---- 2. primal value, dual direction, top singular triples of M = A^*(lam)
         out = op.forward(A, B)
@@ -285,6 +286,10 @@ def factorised(
     )
 
 
+class _Timeout(Exception):
+    """Raised inside the L-BFGS closure at the deadline (the last evaluated point is kept)."""
+
+
 class _LBFGS:
     """``torch.optim.LBFGS`` (strong Wolfe) on ``Phi(A, B)`` with a chunked, all-reduced closure."""
 
@@ -298,8 +303,11 @@ class _LBFGS:
         self.history_size = history_size
         self.op, self.loss, self.Y, self.beta = op, loss, Y, beta
         self.count = 0
+        self.deadline: float | None = None
 
     def closure(self):
+        if self.deadline is not None and time.perf_counter() >= self.deadline:
+            raise _Timeout
         self.count += 1
         A, B = self.A, self.B
         f, gA, gB = self.op.value_grad(A, B, self.loss, self.Y)
@@ -308,14 +316,19 @@ class _LBFGS:
         B.grad = gB + self.beta * B.detach()
         return torch.tensor(f + self.beta * reg, dtype=torch.float64)
 
-    def run(self, iters: int) -> tuple[Tensor, Tensor, int]:
-        """``iters`` more iterations (a fresh optimizer each call would lose the curvature pairs)."""
+    def run(self, iters: int, deadline: float | None = None) -> tuple[Tensor, Tensor, int]:
+        """``iters`` more iterations (a fresh optimizer each call would lose the curvature pairs);
+        stops early at ``deadline`` (``time.perf_counter()``), keeping the last evaluated point."""
+        self.deadline = deadline
         if not hasattr(self, "opt"):
             self.opt = torch.optim.LBFGS([self.A, self.B], lr=1.0, max_iter=iters, max_eval=int(iters * 1.5) + 5,
                                          history_size=self.history_size, tolerance_grad=0.0,
                                          tolerance_change=0.0, line_search_fn="strong_wolfe")
         before = self.count
-        self.opt.step(self.closure)
+        try:
+            self.opt.step(self.closure)
+        except _Timeout:
+            del self.opt  # its state is mid line search
         return self.A.detach().clone(), self.B.detach().clone(), self.count - before
 
 
