@@ -410,10 +410,20 @@ def _to_fit(head: ConvexHead, lossf: Loss, beta: float, res: SolveResult, X: Ten
 
 def beta_max(head: str | ConvexHead, X, y, *, loss: str | Loss = "squared", num_classes: int | None = None,
              dtype: torch.dtype = torch.float64, device="cpu", head_options: dict | None = None) -> float:
-    """Smallest ``beta`` for which ``Z = 0`` is optimal: ``R°(A^* grad F(0))``."""
+    """Smallest ``beta`` for which ``Z = 0`` is optimal: ``R°(A^* grad F(0))``.
+
+    When the dense ``A^*(lam)`` would exceed 256 MiB it is applied matrix-free and the
+    value is the valid upper bound of :meth:`~dualattn.convex.lanczos.BlockOperator.norm_bound`
+    (relative slack ``1e-4``, failure probability ``1e-6``), so ``Z = 0`` is still optimal at it.
+    """
     head, lossf, _, X, Y = _prepare(head, X, y, 1.0, loss, num_classes, dtype, device, head_options)
-    op = ChunkedOperator(head, X)
+    head.check_X(X)
     _, lam = lossf.value_grad(torch.zeros(X.shape[0], head.c, dtype=dtype, device=device), Y)
+    P, p, q = head.variable_shape()
+    if P * p * q * X.element_size() > 2**28 and not hasattr(head, "constraints"):
+        op = FactoredOperator(head, X, chunk_size=_factorised_chunk(head, X))
+        return float(op.adjoint_operator(lam).norm_bound(eps=1e-4).bound.max())
+    op = ChunkedOperator(head, X)
     return float(head.dual_norm(op.adjoint(lam)))
 
 

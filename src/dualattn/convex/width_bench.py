@@ -75,11 +75,13 @@ def run_case(case: WidthCase) -> dict:
             max_time=case.max_time, max_iter=10**6)
     wall = time.perf_counter() - t0
     rank = f.info.get("rank")
+    last = f.history[-1] if f.history else {}
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return asdict(case) | {"beta": beta, "status": f.status, "certified": f.status == "optimal",
                            "rel_gap": f.rel_gap, "objective": f.objective, "time_s": wall,
                            "iterations": f.iterations, "rank": rank, "peak_rss_mib": peak,
-                           "certificate": f.info.get("certificate", "deterministic")}
+                           "certificate": f.info.get("certificate", "deterministic"),
+                           "est_rel_gap": last.get("est_rel_gap", f.rel_gap), "evals": f.info.get("evals")}
 
 
 def _child(case: WidthCase, q) -> None:
@@ -117,11 +119,12 @@ def default_cases(quick: bool = False) -> list[WidthCase]:
     return cases
 
 
-def run_sweep(cases: list[WidthCase], out_dir: str | Path, *, progress: bool = True) -> list[dict]:
-    """Run every case isolated, append rows to ``out_dir/convex_width.csv`` as they finish, then plot."""
+def run_sweep(cases: list[WidthCase], out_dir: str | Path, *, name: str = "convex_width",
+              progress: bool = True) -> list[dict]:
+    """Run every case isolated, rewrite ``out_dir/<name>.csv`` after each, then plot ``<name>.png``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "convex_width.csv"
+    path = out / f"{name}.csv"
     rows: list[dict] = []
     for k, case in enumerate(cases):
         row = run_isolated(case)
@@ -135,7 +138,7 @@ def run_sweep(cases: list[WidthCase], out_dir: str | Path, *, progress: bool = T
             w = csv.DictWriter(fh, fieldnames=keys)
             w.writeheader()
             w.writerows(rows)
-    plot_width(rows, out / "convex_width.png")
+    plot_width(rows, out / f"{name}.png")
     return rows
 
 

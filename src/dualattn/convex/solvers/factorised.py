@@ -206,7 +206,8 @@ def factorised(
     shape = op.shape
     P, p, q = shape
     dtype, device = op.dtype, op.device
-    max_rank = min(p, q) if max_rank is None else int(max_rank)
+    # blocks of lower rank carry zero columns, so the common r may exceed min(p, q)
+    max_rank = P * min(p, q) if max_rank is None else int(max_rank)
     norm_eps = tol / 4 if norm_eps is None else float(norm_eps)
     A, B = _initial_factors(Z0, shape, dtype, device)
 
@@ -327,6 +328,10 @@ class _LBFGS:
         before = self.count
         try:
             self.opt.step(self.closure)
+            if self.opt.state[self.A]["n_iter"] - self.opt.state[self.A].get("_n0", 0) < iters:
+                del self.opt  # stopped early (no descent direction): restart from steepest descent next time
+            else:
+                self.opt.state[self.A]["_n0"] = self.opt.state[self.A]["n_iter"]
         except _Timeout:
             del self.opt  # its state is mid line search
         return self.A.detach().clone(), self.B.detach().clone(), self.count - before
@@ -340,7 +345,8 @@ def _off_span(B: Tensor, V: Tensor) -> Tensor:
     """
     if B.shape[2] == 0:
         return torch.ones(V.shape[0], V.shape[2], dtype=V.dtype, device=V.device)
-    Q, _ = torch.linalg.qr(B)
+    Q, S, _ = torch.linalg.svd(B, full_matrices=False)  # zero (padding) columns span nothing
+    Q = Q * (S > 1e-10 * S.amax(dim=1, keepdim=True).clamp_min(torch.finfo(S.dtype).tiny))[:, None, :]
     return (V - Q @ (Q.transpose(1, 2) @ V)).norm(dim=1)
 
 
