@@ -1,8 +1,8 @@
 """Width sweep of the convex solvers: time to a certified relative gap vs token width ``d``.
 
 Problem (linear self-attention head, the one with the ``d^2 x dc`` variable):
-``X ~ randn(n, s, d) / sqrt(d)``; cross-entropy labels from a random linear teacher on
-the mean token, squared-loss targets ``Y ~ randn(n, c)``; ``beta = beta_frac * beta_max``
+``X ~ randn(n, s, d) / sqrt(d)``; labels from a random linear teacher on the mean token
+(cross-entropy), one-hot for the squared loss (``targets="randn"``: ``Y ~ randn(n, c)``); ``beta = beta_frac * beta_max``
 with ``beta_max = ||A^*(grad F(0))||_2`` (Lanczos estimate).  Every case runs in a fresh
 process (so ``peak_rss_mib`` is that solve's own peak resident memory) with
 ``torch.set_num_threads(threads)`` and a time cap; rows record whether the solve was
@@ -37,16 +37,21 @@ class WidthCase:
     max_time: float = 180.0
     threads: int = 2
     seed: int = 0
+    #: squared-loss targets: "teacher" (one-hot teacher classes, as in benchmarks/convex_solvers.py) or "randn"
+    targets: str = "teacher"
 
 
 def make_problem(case: WidthCase) -> tuple[torch.Tensor, torch.Tensor]:
     """``X (n, s, d)`` and targets for ``case`` (deterministic in ``case.seed``)."""
     g = torch.Generator().manual_seed(case.seed)
     X = torch.randn(case.n, case.s, case.d, generator=g, dtype=torch.float64) / case.d**0.5
-    if case.loss == "squared":
+    if case.loss == "squared" and case.targets == "randn":
         return X, torch.randn(case.n, case.c, generator=g, dtype=torch.float64)
     W = torch.randn(case.d, case.c, generator=g, dtype=torch.float64)
-    return X, (X.mean(dim=1) @ W).argmax(dim=1)
+    labels = (X.mean(dim=1) @ W).argmax(dim=1)
+    if case.loss == "squared":
+        return X, torch.nn.functional.one_hot(labels, case.c).to(torch.float64)
+    return X, labels
 
 
 def _beta_max(X, y, loss, c) -> float:
@@ -106,13 +111,14 @@ def default_cases(quick: bool = False) -> list[WidthCase]:
     """The issue's targets (d=64: n=2000, s=8, c=10, both losses; d=384: n=1000, s=10, c=10 and 100,
     cross-entropy) and the sweep d = 8 ... 128 (n=1000, s=10, c=10, cross-entropy) with time caps
     that keep the whole run near 10-12 minutes."""
-    cases = [WidthCase(64, 2000, 8, 10, "squared", "factorised", max_time=170),
+    cases = [WidthCase(64, 2000, 8, 10, "squared", "factorised", max_time=170, targets="randn"),
+             WidthCase(64, 2000, 8, 10, "squared", "factorised", max_time=170),
              WidthCase(64, 2000, 8, 10, "cross_entropy", "factorised", max_time=170),
              WidthCase(384, 1000, 10, 10, "cross_entropy", "factorised", max_time=100),
              WidthCase(384, 1000, 10, 100, "cross_entropy", "factorised", max_time=100)]
     for d in (8, 16, 32):
         for solver in ("fista", "factorised"):
-            cases.append(WidthCase(d, 1000, 10, 10, "cross_entropy", solver, max_time=20))
+            cases.append(WidthCase(d, 1000, 10, 10, "cross_entropy", solver, max_time=60))
     cases.append(WidthCase(128, 1000, 10, 10, "cross_entropy", "factorised", max_time=45))
     if quick:
         cases = [WidthCase(d, 200, 6, 3, "cross_entropy", s, max_time=20) for d in (4, 8) for s in ("fista", "factorised")]
