@@ -37,7 +37,7 @@ SOLVERS = ("auto", "fista", "factorised", "cvxpy", "auglag")
 #: ``choose_solver`` thresholds: dense-``Z`` bytes for the squared-loss fast path, and
 #: flops of one batched SVD of ``Z`` (``P p q min(p, q)``) up to which dense FISTA is used
 ADMM_MAX_BYTES = 2**26
-FISTA_MAX_SVD_FLOPS = 2e8
+FISTA_MAX_SVD_FLOPS = 2e7
 
 
 def choose_solver(head: ConvexHead, n: int, s: int, d: int, c: int, loss: str | Loss,
@@ -49,8 +49,12 @@ def choose_solver(head: ConvexHead, n: int, s: int, d: int, c: int, loss: str | 
     * squared loss and a dense ``Z`` of at most ``ADMM_MAX_BYTES`` (64 MiB): ``"admm"``
       (exact least-squares steps) when that solver is registered in ``SOLVERS``;
     * one SVD of the dense ``Z`` (``P p q min(p, q)`` flops, e.g. ``d^4 c^2`` for the
-      linear head) at most ``FISTA_MAX_SVD_FLOPS`` (2e8: linear head up to ``d = 32`` at
-      ``c = 10``; FNO and mixer-linear heads at any width): ``"fista"``;
+      linear head) at most ``FISTA_MAX_SVD_FLOPS`` (2e7: linear head up to ``d = 16`` at
+      ``c = 10``; FNO and mixer-linear heads at any width): ``"fista"``; measured
+      (``benchmarks/results/convex_width_all.csv``): at ``d = 16`` both take ~30 s, at
+      ``d = 32`` the factorised solver certifies 1e-3 in 37 s and FISTA does not in 60 s;
+    * heads without a matrix-free :meth:`~ConvexHead.factored_apply` (FNO, mixer-linear,
+      MLP: small ``Z`` that the factored path would form anyway): ``"fista"``;
     * otherwise ``"factorised"``: memory ``O((p + q) r)`` instead of ``8 P p q`` bytes for ``Z``
       (4.5 GB for the linear head at ``d = 384``, ``c = 10``) and no SVD of ``Z``.
 
@@ -67,7 +71,7 @@ def choose_solver(head: ConvexHead, n: int, s: int, d: int, c: int, loss: str | 
     name = loss if isinstance(loss, str) else loss.name
     if name == "squared" and "admm" in SOLVERS and dense_bytes <= ADMM_MAX_BYTES:
         return "admm"
-    if P * p * q * min(p, q) <= FISTA_MAX_SVD_FLOPS:
+    if P * p * q * min(p, q) <= FISTA_MAX_SVD_FLOPS or type(head).factored_apply is ConvexHead.factored_apply:
         return "fista"
     return "factorised"
 
