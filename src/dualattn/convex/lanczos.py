@@ -19,7 +19,7 @@ it into an upper bound (:func:`spectral_norm_bound`):
   ``1e3 * eps * sqrt(N)``).  When ``M`` fits in ``dense_bytes`` it is formed from ``N``
   products with identity columns (batched GEMMs) and its norm computed by a dense eigensolver.
 * **probabilistic** (Kuczyński & Woźniakowski, SIAM J. Matrix Anal. Appl. 13(4),
-  1992, Thm 4.2): for a PSD ``H`` of size ``N`` and a start vector uniform on the
+  1992, the Lanczos estimate; for a PSD matrix by continuity from PD): for a PSD ``H`` of size ``N`` and a start vector uniform on the
   sphere, ``k`` Lanczos steps satisfy
   ``P(theta_k < (1 - eps) lambda_max) <= 1.648 sqrt(N) exp(-sqrt(eps) (2k - 1))``.
   With ``eps = (log(1.648 sqrt(N) P / delta) / (2k - 1))^2`` the bound
