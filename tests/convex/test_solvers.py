@@ -160,4 +160,5 @@ def test_cone_head_bad_input(make_data):
     with pytest.raises(TypeError, match="needs a head with cone constraints"):
         fit("linear", X, y, 0.2, solver="auglag")
     with pytest.raises(ValueError, match="use solver='auglag'"):
-        fit("mlp-relu-cone", X, y[:, 0], 0.2)
+        fit("mlp-relu-cone", X, y[:, 0], 0.2, solver="fista")
+    assert fit("mlp-relu-cone", X, y[:, 0], 0.2).solver == "auglag"  # "auto" picks the only valid solver

@@ -2,7 +2,7 @@
 
 * ``dualattn convex heads``: list the registered head types.
 * ``dualattn convex fit HEAD --data NAME|FILE``: solve a head to a certified gap,
-  write ``summary.json``, ``Z.pt``, ``history.csv``, ``spectrum.png`` and (with
+  write ``summary.json``, ``Z.pt`` (``Z``, or ``factors`` (A, B) for a factorised fit), ``history.csv``, ``spectrum.png`` and (with
   ``--clusters K``) ``clusters.png`` to ``--out``.
 * ``dualattn convex bench [--quick] [...]``: the solver benchmark of
   :mod:`dualattn.bench.convex` (extra options are passed through; works from an
@@ -129,7 +129,7 @@ def fit_cmd(
     beta: float = typer.Option(None, help="weight decay; default --beta-frac * beta_max"),
     beta_frac: float = typer.Option(0.1, help="beta as a fraction of beta_max (Z* = 0 above it)"),
     loss: str = typer.Option("cross_entropy", help="squared | cross_entropy"),
-    solver: str = typer.Option("fista", help="fista | admm | cvxpy | auglag (see docs/convex-heads.md)"),
+    solver: str = typer.Option("auto", help="auto | fista | factorised | admm | cvxpy | auglag (see docs/convex-heads.md)"),
     tol: float = typer.Option(1e-4, help="relative duality gap to stop at"),
     max_time: float = typer.Option(None, help="stop FISTA after this many seconds"),
     option: list[str] = typer.Option(None, "--option", "-o", help="head option key=value (repeatable)"),
@@ -185,7 +185,8 @@ def fit_cmd(
     if test is not None:
         summary["test_acc"] = float((f.predict_labels(test[0]) == test[1]).double().mean())
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    torch.save({"Z": f.Z.cpu(), "head": head, "head_options": opts, "beta": b, "summary": summary}, out / "Z.pt")
+    solution = ({"factors": tuple(t.cpu() for t in f.factors)} if f.is_factorised else {"Z": f.Z.cpu()})
+    torch.save(solution | {"head": head, "head_options": opts, "beta": b, "summary": summary}, out / "Z.pt")
     if f.history:
         with open(out / "history.csv", "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=list(f.history[0]))

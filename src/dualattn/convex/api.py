@@ -4,6 +4,12 @@
 head type to a requested relative duality gap and returns the globally optimal
 convex model with its certificate, predictions and the equivalent nonconvex
 ``nn.Module``.  ``fit_path`` solves along decreasing ``beta`` with warm starts.
+
+Solvers (``fit(..., solver=...)``; ``"auto"``, the default, picks one with
+:func:`choose_solver`): ``"fista"`` (dense ``Z``, one SVD per iteration),
+``"factorised"`` (matrix-free Burer-Monteiro, ``Z = A B^T`` never formed; the only
+data-parallel one), ``"cvxpy"`` (reference, tiny problems), ``"auglag"``
+(cone-constrained heads).  Every :class:`ConvexFit` exposes ``.factors`` and ``.Z``.
 """
 
 from __future__ import annotations
@@ -22,10 +28,54 @@ from dualattn.convex.heads import ConvexHead, get_head
 from dualattn.convex.heads.base import NonconvexHead
 from dualattn.convex.losses import Loss, check_beta, get_loss
 from dualattn.convex.operator import ChunkedOperator
-from dualattn.convex.solvers import admm, augmented_lagrangian, fista, solve_cvxpy
+from dualattn.convex import lowrank
+from dualattn.convex.distributed import Comm
+from dualattn.convex.solvers import admm, augmented_lagrangian, factorised, fista, solve_cvxpy
+from dualattn.convex.solvers.factorised import FactoredOperator
 from dualattn.convex.solvers.result import SolveResult, certificate
 
-SOLVERS = ("fista", "cvxpy", "auglag", "admm")
+SOLVERS = ("auto", "fista", "factorised", "admm", "cvxpy", "auglag")
+
+#: ``choose_solver`` thresholds: dense-``Z`` bytes for the squared-loss fast path, and
+#: flops of one batched SVD of ``Z`` (``P p q min(p, q)``) up to which dense FISTA is used
+ADMM_MAX_BYTES = 2**26
+FISTA_MAX_SVD_FLOPS = 2e7
+
+
+def choose_solver(head: ConvexHead, n: int, s: int, d: int, c: int, loss: str | Loss,
+                  dtype: torch.dtype = torch.float64, *, distributed: bool = False) -> str:
+    """The solver ``fit(..., solver="auto")`` uses for ``head`` (set up for ``d``, ``c``) on ``n x s`` tokens.
+
+    * heads with cone constraints (``mlp-relu-cone``): ``"auglag"`` (the only valid one);
+    * data-parallel (``torch.distributed`` initialised): ``"factorised"``;
+    * squared loss and a dense ``Z`` of at most ``ADMM_MAX_BYTES`` (64 MiB): ``"admm"``
+      (exact least-squares steps) when that solver is registered in ``SOLVERS``;
+    * one SVD of the dense ``Z`` (``P p q min(p, q)`` flops, e.g. ``d^4 c^2`` for the
+      linear head) at most ``FISTA_MAX_SVD_FLOPS`` (2e7: linear head up to ``d = 16`` at
+      ``c = 10``; FNO and mixer-linear heads at any width): ``"fista"``; measured
+      (``benchmarks/results/convex_width_all.csv``): at ``d = 16`` both take ~30 s, at
+      ``d = 32`` the factorised solver certifies 1e-3 in 37 s and FISTA does not in 60 s;
+    * heads without a matrix-free :meth:`~ConvexHead.factored_apply` (FNO, mixer-linear,
+      MLP: small ``Z`` that the factored path would form anyway): ``"fista"``;
+    * otherwise ``"factorised"``: memory ``O((p + q) r)`` instead of ``8 P p q`` bytes for ``Z``
+      (4.5 GB for the linear head at ``d = 384``, ``c = 10``) and no SVD of ``Z``.
+
+    ``n`` and ``s`` are accepted for future rules (the per-iteration cost of every
+    solver is linear in ``n s``, so they do not change the choice today).
+    """
+    if hasattr(head, "constraints"):
+        return "auglag"
+    if distributed:
+        return "factorised"
+    P, p, q = head.variable_shape()
+    itemsize = torch.finfo(dtype).bits // 8
+    dense_bytes = P * p * q * itemsize
+    name = loss if isinstance(loss, str) else loss.name
+    if name == "squared" and "admm" in SOLVERS and dense_bytes <= ADMM_MAX_BYTES:
+        return "admm"
+    if P * p * q * min(p, q) <= FISTA_MAX_SVD_FLOPS or type(head).factored_apply is ConvexHead.factored_apply:
+        return "fista"
+    return "factorised"
 
 
 def as_features(X, name: str = "X", dtype: torch.dtype = torch.float64) -> Tensor:
@@ -53,10 +103,21 @@ def as_targets(y) -> Tensor:
 
 @dataclass
 class ConvexFit:
-    """A solved convex head: optimal ``Z``, certificate and conversions."""
+    """A solved convex head: the optimal point, its certificate and conversions.
+
+    The solution is available in two forms, for every solver:
+
+    * ``.factors = (A, B)``, ``A (P, p, r)``, ``B (P, q, r)`` with ``Z_g = A_g @ B_g.T`` in the
+      head's block layout (``head.variable_shape() = (P, p, q)``).  Factorised fits store
+      them (balanced: ``1/2 (||A||^2 + ||B||^2) = sum_g ||Z_g||_*``); for dense fits they come
+      from the SVD of ``Z`` with its numerical rank.
+    * ``.Z`` (dense, ``(P, p, q)``).  For factorised fits it is formed on first use only
+      if it takes at most ``max_dense_bytes`` (default 2 GiB), otherwise a ``MemoryError``
+      points to ``.factors``.
+    """
 
     head: ConvexHead
-    Z: Tensor
+    Z_dense: Tensor | None
     beta: float
     loss: Loss
     objective: float
@@ -72,10 +133,59 @@ class ConvexFit:
     X_train: Tensor | None = field(default=None, repr=False)
     Y_train: Tensor | None = field(default=None, repr=False)
     _weights: dict = field(default_factory=dict, repr=False)
+    #: ``(A, B)`` stored by factorised solvers (else computed from ``Z`` on demand)
+    factored: tuple[Tensor, Tensor] | None = field(default=None, repr=False)
+    #: largest dense ``Z`` (bytes) that ``.Z`` forms from the factors
+    max_dense_bytes: float = field(default=2 * 2**30, repr=False)
+
+    @property
+    def is_factorised(self) -> bool:
+        """True when the solution is stored as factors (``Z`` never formed by the solver)."""
+        return self.Z_dense is None
+
+    @property
+    def Z(self) -> Tensor:
+        """Dense ``Z (P, p, q)``; formed from the factors on first use (if it fits ``max_dense_bytes``)."""
+        if self.Z_dense is None:
+            A, B = self.factored
+            P, p, q = A.shape[0], A.shape[1], B.shape[1]
+            need = P * p * q * A.element_size()
+            if need > self.max_dense_bytes:
+                raise MemoryError(
+                    f"the dense Z of this factorised fit ({P} x {p} x {q}) needs {need / 2**30:.1f} GiB "
+                    f"> max_dense_bytes={self.max_dense_bytes / 2**30:.1f} GiB; use fit.factors = (A, B) "
+                    f"(Z_g = A_g @ B_g.T) or raise fit.max_dense_bytes")
+            self.Z_dense = lowrank.dense(A, B)
+        return self.Z_dense
+
+    @property
+    def factors(self) -> tuple[Tensor, Tensor]:
+        """``(A (P, p, r), B (P, q, r))`` with ``Z_g = A_g @ B_g.T`` (see the class docstring)."""
+        if self.factored is None:
+            Z = self.Z_dense
+            U, S, Vh = torch.linalg.svd(Z, full_matrices=False)
+            keep = S > 1e-12 * S.max().clamp_min(torch.finfo(Z.dtype).tiny)
+            r = int(keep.sum(dim=1).max()) if S.numel() else 0
+            root = (S[:, :r] * keep[:, :r]).sqrt()
+            self.factored = (U[:, :, :r] * root[:, None], Vh[:, :r].transpose(1, 2) * root[:, None])
+        return self.factored
+
+    def head_factors(self, *, rtol: float = 1e-8) -> tuple[Tensor, Tensor, Tensor]:
+        """``head.factors`` of the solution (balanced pairs ``a (m, p)``, ``b (m, q)``, block ``gate (m,)``)
+        without forming ``Z`` for factorised fits."""
+        if self.is_factorised:
+            return self.head.factors_from_lowrank(*self.factors, rtol=rtol)
+        return self.head.factors(self.Z, rtol=rtol)
+
+    def warm_start(self):
+        """What ``fit(..., Z0=...)`` accepts to warm start from this solution (factors or ``Z``)."""
+        return self.factors if self.is_factorised else self.Z
 
     def predict(self, X) -> Tensor:
         """Pooled outputs ``(n, c)`` of the convex model (logits for cross-entropy)."""
         X = as_features(X, dtype=self.head.dtype).to(self.head.device)
+        if self.is_factorised:
+            return FactoredOperator(self.head, X).forward(*self.factors)
         op = ChunkedOperator(self.head, X, chunk_size=4096)
         return op.forward(self.Z)
 
@@ -86,7 +196,11 @@ class ConvexFit:
     def nonconvex_weights(self, *, rtol: float = 1e-8) -> dict[str, Tensor]:
         """Recovered nonconvex weights (one head/neuron per retained singular pair); cached."""
         if rtol not in self._weights:
-            self._weights[rtol] = self.head.recover(self.Z, rtol=rtol, X=self.X_train)
+            if self.is_factorised and type(self.head).recover is ConvexHead.recover:
+                # the factors ARE the nonconvex weights (after balancing)
+                self._weights[rtol] = self.head.unlift(*self.head_factors(rtol=rtol))
+            else:
+                self._weights[rtol] = self.head.recover(self.Z, rtol=rtol, X=self.X_train)
         return {k: v.clone() for k, v in self._weights[rtol].items()}
 
     def to_nonconvex(self, *, rtol: float = 1e-8) -> NonconvexHead:
@@ -99,10 +213,12 @@ class ConvexFit:
         return int(next(iter(self.nonconvex_weights().values())).shape[0])
 
     def save(self, path: str | Path) -> None:
-        """Save head type/options, ``Z``, ``beta``, loss and certificate (not the training data)."""
+        """Save head type/options, ``Z`` (or the factors), ``beta``, loss and certificate (not the training data)."""
         state = {
             "head": self.head.name, "head_config": self.head.get_config(), "d": self.head.d, "c": self.head.c,
-            "s": self.head.s, "Z": self.Z.detach().cpu(), "beta": self.beta, "loss": self.loss.name,
+            "s": self.head.s, "Z": None if self.is_factorised else self.Z.detach().cpu(),
+            "factors": tuple(t.detach().cpu() for t in self.factors) if self.is_factorised else None,
+            "beta": self.beta, "loss": self.loss.name,
             "summary": self.summary(), "history": self.history,
             "gates": self.head.get_gates() if hasattr(self.head, "get_gates") else None,
         }
@@ -113,16 +229,17 @@ class ConvexFit:
         """Inverse of :meth:`save` (with the saved gates, so predictions match)."""
         st = torch.load(Path(path), weights_only=False)
         head = get_head(st["head"], **st["head_config"])
-        Z = st["Z"]
-        head.setup(st["d"], st["c"], s=st["s"], dtype=Z.dtype, device=device)
+        Z, fac = st["Z"], st.get("factors")
+        head.setup(st["d"], st["c"], s=st["s"], dtype=(Z if fac is None else fac[0]).dtype, device=device)
         if st.get("gates") is not None:
             head.set_gates(st["gates"])
         sm = st["summary"]
         return cls(
-            head=head, Z=Z.to(device), beta=st["beta"], loss=get_loss(st["loss"]), objective=sm["objective"],
+            head=head, Z_dense=None if Z is None else Z.to(device), beta=st["beta"], loss=get_loss(st["loss"]), objective=sm["objective"],
             dual_objective=sm["dual_objective"], gap=sm["gap"], rel_gap=sm["rel_gap"], iterations=sm["iterations"],
             time=sm["time"], status=sm["status"], solver=sm["solver"], history=st["history"],
             info={k: v for k, v in sm.items() if k not in cls.__dataclass_fields__ and k not in ("head", "loss")},
+            factored=None if fac is None else tuple(t.to(device) for t in fac),
         )
 
     def summary(self) -> dict:
@@ -161,10 +278,10 @@ def fit(
     beta: float,
     *,
     loss: str | Loss = "squared",
-    solver: str = "fista",
+    solver: str = "auto",
     tol: float = 1e-4,
     num_classes: int | None = None,
-    Z0: Tensor | None = None,
+    Z0: Tensor | tuple[Tensor, Tensor] | None = None,
     max_iter: int = 20000,
     max_time: float | None = None,
     verbose: bool = False,
@@ -181,13 +298,26 @@ def fit(
 
     ``loss``: ``"squared"`` (float targets ``(n,)``/``(n, c)``, or integer labels
     one-hot encoded) or ``"cross_entropy"`` (integer labels in ``[0, c)``).
-    ``solver``: ``"fista"`` (stops at relative duality gap ``tol``), ``"admm"``
+    ``solver``: ``"auto"`` (default: :func:`choose_solver` by size and loss),
+    ``"fista"`` (dense ``Z``; stops at relative duality gap ``tol``),
+    ``"factorised"`` (matrix-free Burer-Monteiro with rank growth, certified to
+    ``tol``; options ``inner_iters``, ``max_rank``, ``delta`` ... of
+    :func:`~dualattn.convex.solvers.factorised.factorised`), ``"admm"``
     (squared loss only, heads ``linear``, ``gated``, ``mixer-linear``, ``mixer-gated``,
     ``fno``: exact least-squares steps, fastest on small problems), ``"cvxpy"``
     (reference; small problems: refused with a ``ValueError`` when its estimated
     memory exceeds ``cvxpy_max_gb``, ``None`` = no limit) or ``"auglag"`` (required by
     cone-constrained heads such as ``mlp-relu-cone``).  Every solver's ``status`` is
-    ``"optimal"`` only when our certified relative gap is ``<= tol``.
+    ``"optimal"`` only when our certified relative gap is ``<= tol``.  ``Z0``
+    warm-starts from a dense ``Z`` or factors ``(A, B)`` (e.g. ``previous_fit.warm_start()``).
+
+    **Data parallel**: when ``torch.distributed`` is initialised with more than one
+    process, ``X`` and ``y`` are this process's shard of the samples, the program is
+    the one on the concatenated data, and the factorised solver (the only one
+    allowed, chosen by ``"auto"``) all-reduces values, gradients, ``A^*`` products
+    and certificate sums: every process returns the same factors and certificate.
+    ``num_classes`` defaults to the largest label over all processes + 1.
+
     ``dtype=torch.float32`` solves in single precision; with ``certify_float64``
     the reported objective/gap/status are then recomputed in float64 at the
     returned point.  Extra ``solver_options`` go to the solver (e.g. ``shrink``,
@@ -196,9 +326,28 @@ def fit(
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    comm = Comm()
+    if comm.active and num_classes is None and get_loss(loss).name == "cross_entropy":
+        num_classes = _global_num_classes(y, comm)
     head, lossf, beta, X, Y = _prepare(head, X, y, beta, loss, num_classes, dtype, device, head_options)
+    head.check_X(X)  # binds the token count of token-mixing heads
+    if solver == "auto":
+        n, s, d = X.shape
+        solver = choose_solver(head, n, s, d, head.c, lossf, dtype, distributed=comm.active)
     if hasattr(head, "constraints") and solver != "auglag":
         raise ValueError(f"head {head.name!r} has cone constraints: use solver='auglag', got {solver!r}")
+    if comm.active and solver != "factorised":
+        raise ValueError(f"torch.distributed is initialised: only solver='factorised' (or 'auto') solves "
+                         f"data-parallel, got {solver!r}")
+    if solver == "factorised":
+        opts = {"chunk_size": _factorised_chunk(head, X)} | solver_options
+        res = factorised(head, X, lossf, Y, beta, Z0=Z0, tol=tol, max_time=max_time, verbose=verbose,
+                         comm=comm, **opts)
+        if dtype != torch.float64 and certify_float64:
+            _certify_factors_float64(head, lossf, beta, res, X, Y, opts["chunk_size"], dtype, device, comm, tol)
+        return _to_fit(head, lossf, beta, res, X, Y)
+    if isinstance(Z0, (tuple, list)):
+        Z0 = lowrank.dense(*Z0)
     op = ChunkedOperator(head, X, chunk_size=chunk_size)
     if solver == "fista":
         res = fista(op, lossf, Y, beta, Z0=Z0, tol=tol, max_iter=max_iter, max_time=max_time,
@@ -217,6 +366,48 @@ def fit(
     return _to_fit(head, lossf, beta, res, X, Y)
 
 
+def _set_certified(res: SolveResult, cert: dict, tol: float) -> None:
+    """Take a float64 certificate into ``res``: ``"optimal"`` iff its relative gap is ``<= tol``; a solve that
+    stopped as optimal in low precision but is not certified in float64 becomes ``"inaccurate"``."""
+    res.objective, res.dual_objective = cert["primal"], cert["dual"]
+    res.gap, res.rel_gap = cert["gap"], cert["rel_gap"]
+    if res.rel_gap <= tol:
+        res.status = "optimal"
+    elif res.status == "optimal":
+        res.status = "inaccurate"
+
+
+def _global_num_classes(y, comm: Comm) -> int:
+    """``max label + 1`` over all processes (integer labels, data-parallel fits)."""
+    y = as_targets(y)
+    if torch.is_floating_point(y) or y.numel() == 0:
+        return None
+    return int(comm.max(float(y.max()))) + 1
+
+
+def _factorised_chunk(head: ConvexHead, X: Tensor, budget_bytes: float = 2**27) -> int:
+    """Samples per chunk so that per-chunk intermediates at rank 64 fit ``budget_bytes``."""
+    per_sample = head.factored_bytes_per_sample(int(X.shape[1]), 64)
+    return int(min(max(budget_bytes // max(per_sample, 1), 16), 4096))
+
+
+def _certify_factors_float64(head, lossf, beta, res, X, Y, chunk_size, dtype, device, comm, tol) -> None:
+    """Float64 certificate of a low-precision factorised solve (status recomputed as in :func:`_set_certified`)."""
+    from dualattn.convex.solvers.factorised import certify_factors
+
+    info32 = {"objective_lowprec": res.objective, "gap_lowprec": res.gap, "rel_gap_lowprec": res.rel_gap,
+              "status_lowprec": res.status}
+    head.setup(head.d, head.c, s=head.s, dtype=torch.float64, device=device)
+    try:
+        Y64 = Y if lossf.name == "cross_entropy" else Y.double()
+        op = FactoredOperator(head, X.double(), chunk_size=chunk_size, comm=comm)
+        cert = certify_factors(op, lossf, Y64, beta, *(t.double() for t in res.factors), eps=tol / 4)
+    finally:
+        head.setup(head.d, head.c, s=head.s, dtype=dtype, device=device)
+    _set_certified(res, cert, tol)
+    res.info.update(info32, certified_float64=True, certificate=cert["certificate"])
+
+
 def _certify_float64(head, lossf, beta, res, X, Y, chunk_size, dtype, device, tol: float) -> None:
     """Replace a low-precision solve's certificate by one evaluated in float64 at the returned ``Z``,
     and recompute ``status`` from it: ``"optimal"`` iff the float64 relative gap is ``<= tol``; a solve
@@ -230,18 +421,13 @@ def _certify_float64(head, lossf, beta, res, X, Y, chunk_size, dtype, device, to
         cert = certificate(head, op, lossf, Y64, beta, res.Z.double(), lam=res.lam)
     finally:
         head.setup(head.d, head.c, s=head.s, dtype=dtype, device=device)
-    res.objective, res.dual_objective = cert["primal"], cert["dual"]
-    res.gap, res.rel_gap = cert["gap"], cert["rel_gap"]
-    if res.rel_gap <= tol:
-        res.status = "optimal"
-    elif res.status == "optimal":
-        res.status = "inaccurate"
+    _set_certified(res, cert, tol)
     res.info.update(info32, certified_float64=True)
 
 
 def _to_fit(head: ConvexHead, lossf: Loss, beta: float, res: SolveResult, X: Tensor, Y: Tensor) -> ConvexFit:
     fitted = ConvexFit(
-        head=head, Z=res.Z, beta=beta, loss=lossf, objective=res.objective, dual_objective=res.dual_objective,
+        head=head, Z_dense=res.Z, factored=res.factors, beta=beta, loss=lossf, objective=res.objective, dual_objective=res.dual_objective,
         gap=res.gap, rel_gap=res.rel_gap, iterations=res.iterations, time=res.time, status=res.status,
         solver=res.solver, history=res.history, info=dict(res.info), X_train=X, Y_train=Y,
     )
@@ -251,10 +437,20 @@ def _to_fit(head: ConvexHead, lossf: Loss, beta: float, res: SolveResult, X: Ten
 
 def beta_max(head: str | ConvexHead, X, y, *, loss: str | Loss = "squared", num_classes: int | None = None,
              dtype: torch.dtype = torch.float64, device="cpu", head_options: dict | None = None) -> float:
-    """Smallest ``beta`` for which ``Z = 0`` is optimal: ``R°(A^* grad F(0))``."""
+    """Smallest ``beta`` for which ``Z = 0`` is optimal: ``R°(A^* grad F(0))``.
+
+    When the dense ``A^*(lam)`` would exceed 256 MiB it is applied matrix-free and the
+    value is the valid upper bound of :meth:`~dualattn.convex.lanczos.BlockOperator.norm_bound`
+    (relative slack ``1e-4``, failure probability ``1e-6``), so ``Z = 0`` is still optimal at it.
+    """
     head, lossf, _, X, Y = _prepare(head, X, y, 1.0, loss, num_classes, dtype, device, head_options)
-    op = ChunkedOperator(head, X)
+    head.check_X(X)
     _, lam = lossf.value_grad(torch.zeros(X.shape[0], head.c, dtype=dtype, device=device), Y)
+    P, p, q = head.variable_shape()
+    if P * p * q * X.element_size() > 2**28 and not hasattr(head, "constraints"):
+        op = FactoredOperator(head, X, chunk_size=_factorised_chunk(head, X))
+        return float(op.adjoint_operator(lam).norm_bound(eps=1e-4).bound.max())
+    op = ChunkedOperator(head, X)
     return float(head.dual_norm(op.adjoint(lam)))
 
 
@@ -356,7 +552,7 @@ def fit_path(
             Z0 = done[beta]["Z"]
         f = fit(head, X, y, beta, Z0=Z0, verbose=verbose, **fit_options)
         fits.append(f)
-        Z0 = f.Z
+        Z0 = f.warm_start()
         if verbose:
             print(f"[{k + 1}/{len(betas)}] beta={beta:.4g} obj={f.objective:.6g} rel_gap={f.rel_gap:.2e} "
                   f"iters={f.iterations} time={f.time:.2f}s")
@@ -417,4 +613,5 @@ def fit_relu(
     return best
 
 
-__all__ = ["fit", "fit_path", "fit_relu", "beta_max", "ConvexFit", "nonconvex_objective", "as_features"]
+__all__ = ["fit", "fit_path", "fit_relu", "beta_max", "choose_solver", "ConvexFit", "nonconvex_objective",
+           "as_features", "SOLVERS"]

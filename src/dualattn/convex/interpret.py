@@ -40,15 +40,26 @@ __all__ = [
 ]
 
 
-def _head_and_Z(fit) -> tuple[ConvexHead, Tensor]:
-    """Accept a :class:`~dualattn.convex.ConvexFit` or a ``(head, Z)`` pair."""
+def _head_and_Z(fit) -> tuple[ConvexHead, Tensor | None]:
+    """Accept a :class:`~dualattn.convex.ConvexFit` or a ``(head, Z)`` pair (``Z`` is None for
+    factorised fits: their factors are used without forming ``Z``)."""
     if isinstance(fit, tuple) and len(fit) == 2:
         head, Z = fit
+    elif getattr(fit, "is_factorised", False):
+        return fit.head, None
     else:
         head, Z = getattr(fit, "head", None), getattr(fit, "Z", None)
     if not isinstance(head, ConvexHead) or not isinstance(Z, Tensor):
         raise TypeError(f"fit must be a ConvexFit or a (ConvexHead, Z) pair, got {type(fit).__name__}")
     return head, Z
+
+
+def _factors(fit, rtol: float) -> tuple[Tensor, Tensor, Tensor]:
+    """``head.factors`` of the solution: from the stored factors of a factorised fit, else from ``Z``."""
+    head, Z = _head_and_Z(fit)
+    if Z is None:
+        return fit.head_factors(rtol=rtol)
+    return head.factors(Z, rtol=rtol)
 
 
 def _check_X(head: ConvexHead, X) -> Tensor:
@@ -62,8 +73,7 @@ def _check_X(head: ConvexHead, X) -> Tensor:
 
 def spectrum(fit) -> tuple[Tensor, Tensor]:
     """All nonzero singular values ``sigma (m,)`` of the blocks of ``Z*`` (descending) and their block index."""
-    head, Z = _head_and_Z(fit)
-    a, b, gate = head.factors(Z, rtol=0.0)
+    a, b, gate = _factors(fit, 0.0)
     sigma = a.norm(dim=1) * b.norm(dim=1)
     order = torch.argsort(sigma, descending=True)
     return sigma[order], gate[order]
@@ -81,8 +91,8 @@ def effective_rank(fit, tol: float = 1e-3) -> int:
 
 def head_weights(fit, rtol: float = 1e-3) -> tuple[dict[str, Tensor], Tensor]:
     """Recovered nonconvex weights of the heads with ``sigma_j > rtol * sigma_max`` and their ``sigma_j``."""
-    head, Z = _head_and_Z(fit)
-    a, b, gate = head.factors(Z, rtol=rtol)
+    head, _ = _head_and_Z(fit)
+    a, b, gate = _factors(fit, rtol)
     # unlift, not recover: the gated factorisation (ReLU heads are realised from it; their own
     # recover needs the training data and splits every head into two)
     return head.unlift(a, b, gate), a.norm(dim=1) * b.norm(dim=1)
@@ -250,11 +260,11 @@ def plot_spectrum(fit, path=None, *, tol: float = 1e-3):
         matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    head, Z = _head_and_Z(fit)
+    head, _ = _head_and_Z(fit)
     sigma, gate = spectrum(fit)
     rank = effective_rank(fit, tol)
     sig = sigma.detach().cpu().double().numpy()
-    P = int(Z.shape[0])
+    P = int(head.variable_shape()[0])
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     ax = axes[0]
     if sig.size:

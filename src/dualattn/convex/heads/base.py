@@ -157,6 +157,70 @@ class ConvexHead(abc.ABC):
         self.check_X(X)
         return self.apply(Z, self.features(X))
 
+    # ------------------------------------------- factored (matrix-free) protocol
+    # Used by the Burer-Monteiro solver (:mod:`dualattn.convex.solvers.factorised`):
+    # ``Z_g = A_g B_g^T`` with ``A (P, p, r)``, ``B (P, q, r)`` (zero columns pad blocks
+    # of lower rank).  The defaults form ``Z`` (fine for heads whose ``Z`` is small:
+    # mixer-linear, FNO); heads with large ``p = d^2`` override them.
+    def factored_features(self, X: Tensor) -> dict[str, Tensor]:
+        """Per-sample statistics for :meth:`factored_apply` (default: :meth:`features`)."""
+        return self.features(X)
+
+    def factored_bytes_per_sample(self, s: int, r: int) -> int:
+        """Rough bytes of per-sample intermediates of :meth:`factored_apply` at rank ``r`` (sets chunk sizes)."""
+        P, p, q = self.variable_shape()
+        return P * s * max(s, self.d) * r * (torch.finfo(self.dtype).bits // 8)
+
+    def factored_apply(self, A: Tensor, B: Tensor, feats: dict[str, Tensor]) -> Tensor:
+        """``A_X(Z)`` for ``Z_g = A_g B_g^T`` (differentiable; default forms ``Z``)."""
+        return self.apply(A @ B.transpose(1, 2), feats)
+
+    def factored_vjp(self, A: Tensor, B: Tensor, feats: dict[str, Tensor]):
+        """``out = A_X(A B^T)`` and ``vjp(lam) -> (M B, M^T A)`` with ``M = A_X^*(lam)`` (the gradients
+        of ``<lam, out>`` in ``A`` and ``B``).  Default: autograd through :meth:`factored_apply`."""
+        Al, Bl = A.detach().requires_grad_(True), B.detach().requires_grad_(True)
+        with torch.enable_grad():
+            out = self.factored_apply(Al, Bl, feats)
+
+        def vjp(lam: Tensor) -> tuple[Tensor, Tensor]:
+            return torch.autograd.grad(out, (Al, Bl), grad_outputs=lam)
+
+        return out.detach(), vjp
+
+    def adjoint_matmul(self, V: Tensor, W: Tensor, feats: dict[str, Tensor]) -> Tensor:
+        """``M_g W_g`` for ``M = A_X^*(V)`` and ``W (P, q, k)`` without forming ``M``: ``(P, p, k)``.
+
+        Default: ``d/dA <V, A_X(A W^T)>`` by autograd (exact: the map is linear in ``A``).
+        """
+        P, p, _ = self.variable_shape()
+        A0 = torch.zeros(P, p, W.shape[2], dtype=W.dtype, device=W.device, requires_grad=True)
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(self.factored_apply(A0, W, feats), A0, grad_outputs=V)
+        return g
+
+    def adjoint_rmatmul(self, V: Tensor, U: Tensor, feats: dict[str, Tensor]) -> Tensor:
+        """``M_g^T U_g`` for ``M = A_X^*(V)`` and ``U (P, p, k)``: ``(P, q, k)`` (default by autograd)."""
+        P, _, q = self.variable_shape()
+        B0 = torch.zeros(P, q, U.shape[2], dtype=U.dtype, device=U.device, requires_grad=True)
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(self.factored_apply(U, B0, feats), B0, grad_outputs=V)
+        return g
+
+    def factors_from_lowrank(self, A: Tensor, B: Tensor, *, rtol: float = 1e-8) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`factors` of ``Z_g = A_g B_g^T`` without forming ``Z`` (QR of both factors).
+
+        ``A_g = Q_a R_a``, ``B_g = Q_b R_b``, ``R_a R_b^T = U S V^T`` give the SVD
+        ``Z_g = (Q_a U) S (Q_b V)^T``; returns balanced ``a (m, p)``, ``b (m, q)``, ``gate (m,)``.
+        """
+        from dualattn.convex.lowrank import balanced_svd
+
+        U, S, V = balanced_svd(A, B)
+        smax = S.max() if S.numel() else torch.zeros((), dtype=A.dtype)
+        keep = S > rtol * smax.clamp_min(torch.finfo(A.dtype).tiny)
+        g_idx, j_idx = torch.nonzero(keep, as_tuple=True)
+        root = S[g_idx, j_idx].sqrt()
+        return U[g_idx, :, j_idx] * root[:, None], V[g_idx, :, j_idx] * root[:, None], g_idx
+
     # ---------------------------------------------------------- regulariser R
     def penalty(self, Z: Tensor) -> Tensor:
         """``R(Z) = sum_g ||Z_g||_*``."""
@@ -221,7 +285,7 @@ class ConvexHead(abc.ABC):
 
     def fit_report(self, fit) -> dict[str, Any]:
         """Extra scalars stored in ``ConvexFit.info`` after a solve (e.g. rank, constraint violation)."""
-        a, _, _ = self.factors(fit.Z)
+        a, _, _ = fit.head_factors()
         return {"rank": int(a.shape[0])}
 
     # ------------------------------------------------------------------ CVXPY

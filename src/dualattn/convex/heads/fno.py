@@ -156,6 +156,10 @@ class FNOHead(TokenMixingHead):
         b = torch.cat([beta.real, beta.imag], dim=1)
         return a, b, g_idx
 
+    def factors_from_lowrank(self, A: Tensor, B: Tensor, *, rtol: float = 1e-8) -> tuple[Tensor, Tensor, Tensor]:
+        """Complex factors of the stored blocks ``V_l = A_l B_l^T`` (small: ``L x 2d x 2c``)."""
+        return self.factors(A @ B.transpose(1, 2), rtol=rtol)
+
     def unlift(self, a: Tensor, b: Tensor, gate: Tensor) -> Weights:
         """Neuron ``j`` at frequency ``freq_j``: ``W1_j = alpha_j (d,)``, ``W2_j = beta_j (c,)`` (complex, split)."""
         d, c = self.d, self.c

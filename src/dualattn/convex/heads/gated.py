@@ -109,6 +109,21 @@ class GatedAttentionHead(ConvexHead):
         W = feats["T"].transpose(0, 1) @ V  # (P*d^3, c) rows (g, a, k, l)
         return W.reshape(-1, d, d, d, c).permute(0, 2, 1, 3, 4).reshape(-1, d * d, d * c)
 
+    def factored_features(self, X: Tensor) -> dict[str, Tensor]:
+        """``X (n, s, d)`` and the gate masks ``D (n, P, s, s)`` (the ``d^3`` statistic ``T`` is never formed)."""
+        X = X.to(device=self.device, dtype=self.dtype)
+        return {"X": X, "D": self.gates(X, self.H)}
+
+    def factored_apply(self, A: Tensor, B: Tensor, feats: dict[str, Tensor]) -> Tensor:
+        """The gated heads' own forward: ``(1/s) 1^T sum_{g,j} (D_g ∘ X W1gj X^T) X W2gj``."""
+        d, c = self.d, self.c
+        P, _, r = A.shape
+        X, D = feats["X"], feats["D"]
+        XA = torch.einsum("ita,gkar->igrtk", X, A.reshape(P, d, d, r))
+        S = (XA @ X.transpose(1, 2)[:, None, None]) * D[:, :, None]  # (n, P, r, s, s)
+        XB = torch.einsum("iul,gler->igrue", X, B.reshape(P, d, c, r))
+        return (S @ XB).sum(dim=(1, 2, 3)) / X.shape[1]
+
     def unlift(self, a: Tensor, b: Tensor, gate: Tensor) -> Weights:
         d, c = self.d, self.c
         return {

@@ -65,6 +65,63 @@ class LinearAttentionHead(ConvexHead):
         W = (xbar[:, :, None] * V[:, None, :]).reshape(-1, d * c)
         return _from_pooled_basis(G.transpose(0, 1) @ W, d, c)
 
+    # ------------------------------------------------ matrix-free (factored) protocol
+    # With ``Z = A B^T``, ``A (1, d^2, r)`` rows ``(k, a)`` and ``B (1, dc, r)`` rows ``(l, e)``,
+    # and ``G_i = X_i^T X_i`` applied as ``X_i^T (X_i .)`` (cost ``O(s d)``, not ``O(d^2)``).
+    def factored_features(self, X: Tensor) -> dict[str, Tensor]:
+        """``xbar (n, d)`` and ``X (n, s, d)`` (``G_i`` is never formed)."""
+        X = X.to(device=self.device, dtype=self.dtype)
+        return {"xbar": X.mean(dim=1), "X": X}
+
+    def factored_bytes_per_sample(self, s: int, r: int) -> int:
+        """``X_i`` plus a few ``(d, r)`` intermediates (``u``, ``G u``)."""
+        return (s * self.d + 4 * self.d * r + self.d * self.c) * (torch.finfo(self.dtype).bits // 8)
+
+    @staticmethod
+    def _gram(X: Tensor, T: Tensor) -> Tensor:
+        """``G_i T_i = X_i^T (X_i T_i)`` for ``T (n, d, k)``."""
+        return X.transpose(1, 2) @ (X @ T)
+
+    def _w(self, A: Tensor, feats: dict[str, Tensor]) -> Tensor:
+        """``w_i = G_i W1^T xbar_i`` for every column: ``(n, l, r)`` (batched GEMM over ``k``, no copy of ``A``)."""
+        d, r = self.d, A.shape[2]
+        u = torch.matmul(feats["xbar"], A[0].reshape(d, d, r))  # (k, n, r)
+        return self._gram(feats["X"], u.transpose(0, 1))
+
+    def factored_apply(self, A: Tensor, B: Tensor, feats: dict[str, Tensor]) -> Tensor:
+        """``fbar_i = sum_j xbar_i^T W1j G_i W2j``: ``u = W1^T xbar`` (one GEMM), ``G u``, then ``B``."""
+        d, c, r = self.d, self.c, A.shape[2]
+        return torch.einsum("ilr,ler->ie", self._w(A, feats), B[0].reshape(d, c, r))
+
+    def factored_vjp(self, A: Tensor, B: Tensor, feats: dict[str, Tensor]):
+        """Explicit gradients: ``M^T A = sum_i lam_i ⊗ w_i`` (reuses the forward's ``w``) and
+        ``M B = sum_i xbar_i ⊗ G_i (B_mat lam_i)`` (one GEMM)."""
+        d, c, r = self.d, self.c, A.shape[2]
+        w = self._w(A, feats)
+        Bm = B[0].reshape(d, c, r)
+        out = torch.einsum("ilr,ler->ie", w, Bm)
+
+        def vjp(lam: Tensor) -> tuple[Tensor, Tensor]:
+            gB = torch.einsum("ilr,ie->ler", w, lam).reshape(1, d * c, r)
+            return self.adjoint_matmul(lam, B, feats), gB
+
+        return out, vjp
+
+    def adjoint_matmul(self, V: Tensor, W: Tensor, feats: dict[str, Tensor]) -> Tensor:
+        """``(M W)[(k,a)] = sum_i xbar_i[a] (G_i W_mat V_i)[k]`` for ``M = A^*(V)``, ``W (1, dc, K)``."""
+        d, c = self.d, self.c
+        K = W.shape[2]
+        t = torch.einsum("ie,leK->ilK", V, W[0].reshape(d, c, K))
+        w = self._gram(feats["X"], t)  # (n, k, K)
+        out = feats["xbar"].transpose(0, 1) @ w.reshape(-1, d * K)  # (a, k*K)
+        return out.reshape(d, d, K).permute(1, 0, 2).reshape(1, d * d, K)
+
+    def adjoint_rmatmul(self, V: Tensor, U: Tensor, feats: dict[str, Tensor]) -> Tensor:
+        """``(M^T U)[(l,e)] = sum_i V_i[e] (G_i U_mat^T xbar_i)[l]`` for ``U (1, d^2, K)``."""
+        d, c = self.d, self.c
+        K = U.shape[2]
+        return torch.einsum("ilK,ie->leK", self._w(U, feats), V).reshape(1, d * c, K)
+
     def unlift(self, a: Tensor, b: Tensor, gate: Tensor) -> Weights:
         d, c = self.d, self.c
         return {"W1": a.reshape(-1, d, d).transpose(1, 2).contiguous(), "W2": b.reshape(-1, d, c).contiguous()}

@@ -172,6 +172,14 @@ class MixerGatedHead(_MixerBase):
         G = torch.einsum("nue,njtek->jtuek", X, MV) / self.s
         return G.reshape(self.variable_shape())
 
+    def factored_apply(self, A: Tensor, B: Tensor, feats: dict[str, Tensor]) -> Tensor:
+        """The gated mixer's own forward: ``(1/s) sum_{j,r,t,e} M[j,t,e] (W1jr X)[t,e] W2jr[e,:]``."""
+        s = self._require_s()
+        P, _, r = A.shape
+        X, M = feats["X"], feats["M"]
+        pre = torch.einsum("jtur,nue->njrte", A.reshape(P, s, s, r), X) * M[:, :, None]
+        return torch.einsum("njrte,jekr->nk", pre, B.reshape(P, self.d, self.c, r)) / s
+
     def unlift(self, a: Tensor, b: Tensor, gate: Tensor) -> Weights:
         """``W1 = reshape(a, (s, s))`` (rows ``t``, columns ``u``), ``W2 = reshape(b, (d, c))``, plus gates."""
         s = self._require_s()

@@ -19,9 +19,13 @@ from dualattn.convex.losses import Loss
 
 @dataclass
 class SolveResult:
-    """What every solver returns (``Z`` is the best primal point found)."""
+    """What every solver returns (``Z`` is the best primal point found).
 
-    Z: Tensor
+    Factorised solvers return ``Z=None`` and ``factors=(A, B)`` with ``Z_g = A_g B_g^T``
+    (``A (P, p, r)``, ``B (P, q, r)``); dense solvers return ``Z`` and ``factors=None``.
+    """
+
+    Z: Tensor | None
     objective: float
     dual_objective: float
     gap: float
@@ -34,6 +38,8 @@ class SolveResult:
     info: dict = field(default_factory=dict)
     #: the dual point (before scaling) that gave ``dual_objective``, if any
     lam: Tensor | None = None
+    #: ``(A, B)`` with ``Z_g = A_g B_g^T`` (factorised solvers)
+    factors: tuple[Tensor, Tensor] | None = None
 
 
 def relative_gap(gap: float, primal: float) -> float:
