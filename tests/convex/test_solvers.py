@@ -61,20 +61,24 @@ def test_beta_max_gives_zero_solution(make_data):
     assert g.Z.abs().max() > 0
 
 
-def test_warm_start_path_and_resume(make_data, tmp_path):
+@pytest.mark.parametrize("solver,max_resume_iters", [("fista", 3), ("admm", 21)])
+def test_warm_start_path_and_resume(make_data, tmp_path, solver, max_resume_iters):
     X, y = make_data(n=12, s=3, d=3, c=2, seed=4)
     bmax = beta_max("linear", X, y)
     betas = [0.1 * bmax, 0.5 * bmax, 0.25 * bmax]
     ck = tmp_path / "path.pt"
-    fits = fit_path("linear", X, y, betas, tol=1e-6, checkpoint=ck)
+    fits = fit_path("linear", X, y, betas, tol=1e-6, checkpoint=ck, solver=solver)
     assert [f.beta for f in fits] == sorted(betas, reverse=True)
+    assert all(f.solver == solver and f.status == "optimal" for f in fits)
     objs = [f.objective for f in fits]
     assert all(b <= a + 1e-9 for a, b in zip(objs, objs[1:]))  # objective decreases with beta
-    cold = fit("linear", X, y, fits[-1].beta, tol=1e-6)
+    cold = fit("linear", X, y, fits[-1].beta, tol=1e-6, solver=solver)
     assert fits[-1].objective == pytest.approx(cold.objective, rel=1e-5)
     # resume: every beta is warm-started from its saved solution and finishes at once
-    again = fit_path("linear", X, y, betas, tol=1e-6, checkpoint=ck)
-    assert all(a.iterations <= 3 for a in again)
+    # (ADMM: at its first certificate check, after one step or one check period of 10 + 10)
+    again = fit_path("linear", X, y, betas, tol=1e-6, checkpoint=ck, solver=solver)
+    assert all(a.iterations <= max_resume_iters for a in again), [a.iterations for a in again]
+    assert max(a.iterations for a in again) < min(f.iterations for f in fits)
     assert [a.objective for a in again] == pytest.approx(objs, rel=1e-6)
 
 

@@ -189,7 +189,8 @@ def fit_cmd(
     torch.save(solution | {"head": head, "head_options": opts, "beta": b, "summary": summary}, out / "Z.pt")
     if f.history:
         with open(out / "history.csv", "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(f.history[0]))
+            # rows may differ in keys (e.g. ADMM adds the certified gap only on certificate checks)
+            w = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for row in f.history for k in row)))
             w.writeheader()
             w.writerows(f.history)
     I.plot_spectrum(f, out / "spectrum.png")

@@ -31,6 +31,8 @@ from dualattn.convex.operator import ChunkedOperator
 from dualattn.convex import lowrank
 from dualattn.convex.distributed import Comm
 from dualattn.convex.solvers import admm, augmented_lagrangian, factorised, fista, solve_cvxpy
+from dualattn.convex.solvers.admm import ADMM_HEADS, system_size as admm_system_size
+from dualattn.convex.solvers.admm import MAX_DIM as ADMM_MAX_DIM
 from dualattn.convex.solvers.factorised import FactoredOperator
 from dualattn.convex.solvers.result import SolveResult, certificate
 
@@ -48,8 +50,11 @@ def choose_solver(head: ConvexHead, n: int, s: int, d: int, c: int, loss: str | 
 
     * heads with cone constraints (``mlp-relu-cone``): ``"auglag"`` (the only valid one);
     * data-parallel (``torch.distributed`` initialised): ``"factorised"``;
-    * squared loss and a dense ``Z`` of at most ``ADMM_MAX_BYTES`` (64 MiB): ``"admm"``
-      (exact least-squares steps) when that solver is registered in ``SOLVERS``;
+    * squared loss, a head ``admm`` supports, a dense ``Z`` of at most ``ADMM_MAX_BYTES`` (64 MiB)
+      and a least-squares system of order ``min(n, r) <= admm.MAX_DIM`` (8000; ``r`` = the
+      symmetric-reduced dimension, ``P d^2 (d+1)/2`` for the attention heads), whose Woodbury
+      step (``n < r``) keeps at most 256 MiB of ``n x r`` features: ``"admm"`` (exact
+      least-squares steps);
     * one SVD of the dense ``Z`` (``P p q min(p, q)`` flops, e.g. ``d^4 c^2`` for the
       linear head) at most ``FISTA_MAX_SVD_FLOPS`` (2e7: linear head up to ``d = 16`` at
       ``c = 10``; FNO and mixer-linear heads at any width): ``"fista"``; measured
@@ -71,7 +76,9 @@ def choose_solver(head: ConvexHead, n: int, s: int, d: int, c: int, loss: str | 
     itemsize = torch.finfo(dtype).bits // 8
     dense_bytes = P * p * q * itemsize
     name = loss if isinstance(loss, str) else loss.name
-    if name == "squared" and "admm" in SOLVERS and dense_bytes <= ADMM_MAX_BYTES:
+    order, features = admm_system_size(head, n)
+    if (name == "squared" and head.name in ADMM_HEADS and dense_bytes <= ADMM_MAX_BYTES
+            and order <= ADMM_MAX_DIM and features * itemsize <= 4 * ADMM_MAX_BYTES):
         return "admm"
     if P * p * q * min(p, q) <= FISTA_MAX_SVD_FLOPS or type(head).factored_apply is ConvexHead.factored_apply:
         return "fista"

@@ -65,6 +65,8 @@ from dualattn.convex.solvers.result import SolveResult, certificate, relative_ga
 ADMM_HEADS = ("linear", "gated", "relu", "mixer-linear", "mixer-gated", "fno")
 #: heads whose features are symmetric in the (k, l) indices of ``X^T X``
 SYMMETRIC_HEADS = ("linear", "gated", "relu")
+#: default largest matrix order ``admm`` factorises (``max_dim``)
+MAX_DIM = 8000
 
 
 class _Basis:
@@ -123,6 +125,15 @@ def _basis_for(head, reduce: bool) -> _Basis:
     if reduce and head.name in SYMMETRIC_HEADS:
         return symmetric_basis(P, head.d)
     return _Basis(D)
+
+
+def system_size(head, n: int, reduce: bool = True) -> tuple[int, int]:
+    """``(order, features)`` for ``n`` samples (``mode="auto"``): the order of the matrix ``admm``
+    factorises (the reduced dimension ``r`` for the Gram step when ``n >= r``, else ``n`` for the
+    Woodbury step) and the number of feature entries the Woodbury step keeps (``n r``; 0 for Gram)."""
+    P, p, q = head.variable_shape()
+    r = P * head.d**2 * (head.d + 1) // 2 if reduce and head.name in SYMMETRIC_HEADS else P * p * q // head.c
+    return (r, 0) if n >= r else (n, n * r)
 
 
 def reduced_features(op: ChunkedOperator, basis: _Basis, feats: dict) -> Tensor:
@@ -266,7 +277,7 @@ def admm(
     balance_mu: float = 3.0,
     balance_tau: float = 2.0,
     max_rho_updates: int = 50,
-    max_dim: int = 8000,
+    max_dim: int = MAX_DIM,
     dual_ridge: float = 1e-8,
     op: ChunkedOperator | None = None,
     chunk_size: int = 4096,
@@ -354,7 +365,14 @@ def admm(
     recertified = 0
     bar = tqdm(total=max_iter, disable=not verbose, desc="admm", leave=False)
     it = 0
-    for it in range(1, max_iter + 1):
+    start_iter = 1
+    if Z0 is not None:  # a warm start that is already certified (e.g. a resumed path) needs no iteration
+        cert = _recertify(head, op, loss, Y, beta, best_W, None)
+        recertified += 1
+        if cert["rel_gap"] <= tol:
+            status, start_iter = "optimal", max_iter + 1
+            gap, rel = cert["gap"], cert["rel_gap"]
+    for it in range(start_iter, max_iter + 1):
         Z = stats.solve(stats.AtY + rho * (W - U))
         W_old = W
         Zh = alpha * Z + (1.0 - alpha) * W_old
@@ -363,10 +381,12 @@ def admm(
         U = U + Zh - W
         bar.update(1)
         r_norm = s_norm = None
-        if it % balance_every == 0 or it % check_every == 0:
+        # a warm start is also checked after its first step, whose least-squares iterate gives the dual point
+        check = it % check_every == 0 or it == max_iter or (Z0 is not None and it == 1)
+        if it % balance_every == 0 or check:
             r_norm = float((Z - W).norm())
             s_norm = rho * float((W - W_old).norm())
-        if it % check_every == 0 or it == max_iter:
+        if check:
             # ---- certificate (cheap, from the statistics)
             aa_w, ly_w, At_w = stats.residual_stats(W)
             primal = 0.5 * aa_w + beta * float(RW)
