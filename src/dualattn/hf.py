@@ -54,6 +54,11 @@ NO_SCALE = ("linear", "linear-bn")
 _COMMON_ARGS = {"attn_mask", "key_padding_mask", "is_causal", "dropout_p", "scale", "need_weights"}
 #: Options that need learned parameters a transformers module does not have.
 _PARAM_OPTIONS = {"conv_weight_k", "conv_weight_v"}
+#: Options of the integration itself, valid for every variant: ``compute_dtype`` (None, "float32",
+#: "float64") runs the attention in that dtype (BN on a few keys is ill-conditioned in float32).
+HF_OPTIONS = {"compute_dtype": None}
+_DTYPES = {None: None, "float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
+           "bfloat16": torch.bfloat16}
 PREFIX = "dualattn_"
 CONFIG_ATTR = "dualattn_options"
 MODULE_ATTR = "dualattn_options"
@@ -98,12 +103,15 @@ def registered_names() -> list:
 # --------------------------------------------------------------------------- options
 def _check_option_names(variant: str, options: Dict[str, Any]) -> Dict[str, Any]:
     _, defaults = variant_function(variant)
+    defaults = {**defaults, **HF_OPTIONS}
     unknown = sorted(set(options) - set(defaults))
     if unknown:
         extra = " (SH's learned 'conv' pooling needs parameters: use swap_attention)" \
             if set(unknown) & _PARAM_OPTIONS else ""
         raise TypeError(f"dualattn.hf: variant {variant!r} has no option(s) {unknown}; "
                         f"it accepts {sorted(defaults)}{extra}")
+    if options.get("compute_dtype") not in _DTYPES:
+        raise ValueError(f"dualattn.hf: compute_dtype must be one of {list(_DTYPES)}, got {options['compute_dtype']!r}")
     if options.get("pool") == "conv":
         raise ValueError("dualattn.hf: pool='conv' needs learned pooling kernels that transformers modules do not "
                          "have; use pool='avg' or 'stride' (or dualattn.nn.swap_attention)")
@@ -114,8 +122,9 @@ def _dry_run(variant: str, options: Dict[str, Any], num_heads: int, head_dim: in
     """Validate option values by one call on tiny random tensors (the functional API's own checks)."""
     fn, _ = variant_function(variant)
     q = torch.randn(1, num_heads, 4, head_dim)
+    opts = {k: v for k, v in _resolved(variant, options, num_heads).items() if k not in HF_OPTIONS}
     try:
-        fn(q, q, q, **_resolved(variant, options, num_heads))
+        fn(q, q, q, **opts)
     except (ValueError, TypeError) as e:
         raise type(e)(f"dualattn.hf.set_options({variant!r}, {options}): {e}") from e
 
@@ -165,7 +174,7 @@ def get_options(module_or_config: Any, variant: str) -> Dict[str, Any]:
     """Options in effect for ``variant`` on an attention module (or a config): defaults updated
     by ``config.dualattn_options[variant]`` and then ``module.dualattn_options[variant]``."""
     _, opts = variant_function(variant)
-    opts = dict(opts)
+    opts = {**opts, **HF_OPTIONS}
     cfg = getattr(module_or_config, "config", module_or_config)
     for src in (getattr(cfg, CONFIG_ATTR, None), getattr(module_or_config, MODULE_ATTR, None)):
         if isinstance(src, dict) and src.get(variant):
@@ -272,9 +281,19 @@ def _sh_causal(fn, q, k, v, kpm, *, dropout, scale, opts):
 def _attend(variant: str, module, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor],
             causal: bool, scale, dropout: float) -> Tensor:
     fn, _ = variant_function(variant)
+    opts = _resolved(variant, get_options(module, variant), q.shape[1])
+    dtype = _DTYPES[opts.pop("compute_dtype")]
+    if dtype is not None and dtype != q.dtype:
+        if mask is not None and mask.is_floating_point():
+            mask = mask.to(dtype)
+        out = _attend_opts(variant, fn, q.to(dtype), k.to(dtype), v.to(dtype), mask, causal, scale, dropout, opts)
+        return out.to(q.dtype)
+    return _attend_opts(variant, fn, q, k, v, mask, causal, scale, dropout, opts)
+
+
+def _attend_opts(variant, fn, q, k, v, mask, causal, scale, dropout, opts) -> Tensor:
     B, H, Nq, _ = q.shape
     Nk = k.shape[2]
-    opts = _resolved(variant, get_options(module, variant), H)
     if variant in NO_SCALE:
         scale = None
     if variant == "softmax":  # exactly transformers' sdpa_attention_forward
