@@ -33,7 +33,8 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for task, variant in keys:
         rs = [r for r in records if r["task"] == task and r["variant"] == variant]
         row: dict[str, Any] = {"task": task, "variant": variant, "seeds": len(rs)}
-        for k in ("probe_acc", "swap_acc", "finetune_acc", "time_per_step_s", "peak_mem_mb"):
+        for k in ("probe_acc", "swap_acc", "finetune_acc", "time_per_step_s", "cpu_time_per_step_s",
+                  "peak_mem_mb"):
             row[k], row[k + "_std"], _ = _ms([r.get(k) for r in rs])
         rows.append(row)
     return rows
@@ -45,14 +46,15 @@ def _pct(m: float, s: float) -> str:
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     head = ("| task | variant | seeds | frozen + probe (%) | softmax-FT, swapped (%) | fine-tuned (%) "
-            "| time/step (s) | peak mem (MB) |")
-    lines = [head, "|" + "---|" * 8]
+            "| time/step (s) | CPU time/step (s) | peak mem (MB) |")
+    lines = [head, "|" + "---|" * 9]
     for r in rows:
         t = "–" if np.isnan(r["time_per_step_s"]) else f"{r['time_per_step_s']:.3f}"
+        c = "–" if np.isnan(r["cpu_time_per_step_s"]) else f"{r['cpu_time_per_step_s']:.3f}"
         m = "–" if np.isnan(r["peak_mem_mb"]) else f"{r['peak_mem_mb']:.0f}"
         lines.append(f"| {r['task']} | {r['variant']} | {r['seeds']} | {_pct(r['probe_acc'], r['probe_acc_std'])} "
                      f"| {_pct(r['swap_acc'], r['swap_acc_std'])} | {_pct(r['finetune_acc'], r['finetune_acc_std'])} "
-                     f"| {t} | {m} |")
+                     f"| {t} | {c} | {m} |")
     return "\n".join(lines) + "\n"
 
 
@@ -134,7 +136,7 @@ def write_report(out_dir: str | Path) -> Path:
         lines.append(f"- `{task}`: {r['n_train']} training / {r['n_test']} test examples, {r['n_classes']} classes, "
                      f"{r['steps']} AdamW steps of batch {r['batch_size']}.")
     lines += ["", "Mean ± sample std over seeds (a seed = a split, a head init and a batch order). Time per step = "
-              "median wall-clock of one forward+backward+AdamW step; peak memory = peak resident-set increase "
+              "median wall-clock (and process CPU time, all threads) of one forward+backward+AdamW step; peak memory = peak resident-set increase "
               "during fine-tuning (CPU; shared machine, noisy).", "", markdown_table(rows), "## Findings", ""]
     lines += findings(rows) or ["- (no softmax reference in this run)"]
     lines += ["", "## Plot", "", "![accuracy](plots/accuracy.png)", ""]

@@ -14,7 +14,7 @@ variant ``v`` (softmax, bn, sh, bn+sh, ...), three accuracies on the same held-o
 
 Classifier: ``[CLS token, masked mean of the last hidden state] -> Linear``; AdamW with ``lr``
 for the backbone and ``head_lr`` for the head; cross-entropy. Each fine-tuning run also records
-the mean time per optimisation step and the peak resident memory increase during training.
+the median wall-clock and CPU time per optimisation step and the peak resident memory increase during training.
 
 Results go to ``out_dir/results.jsonl`` (one line per task, seed, variant; a rerun skips finished
 lines, so an interrupted study resumes) and ``report.md`` with a table and plots.
@@ -239,7 +239,7 @@ def finetune(enc: Encoder, model, data, tc: FinetuneTask, n_classes: int, seed: 
                              {"params": clf.head.parameters(), "lr": tc.head_lr}], weight_decay=tc.weight_decay)
     y = torch.as_tensor(ytr)
     order = torch.randperm(len(ytr), generator=g)
-    pos, losses, step_times = 0, [], []
+    pos, losses, step_times, cpu_times = 0, [], [], []
     clf.train()
     base = current_rss_bytes()
     reset_rss_peak()
@@ -248,7 +248,7 @@ def finetune(enc: Encoder, model, data, tc: FinetuneTask, n_classes: int, seed: 
             order, pos = torch.randperm(len(ytr), generator=g), 0
         idx = order[pos:pos + tc.batch_size].numpy()
         pos += tc.batch_size
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss = torch.nn.functional.cross_entropy(clf(enc.inputs(_take(Xtr, idx))), y[idx])
         if not torch.isfinite(loss):
             raise FloatingPointError(f"fine-tuning: non-finite loss {loss.item()} at step {step}")
@@ -256,12 +256,14 @@ def finetune(enc: Encoder, model, data, tc: FinetuneTask, n_classes: int, seed: 
         loss.backward()
         opt.step()
         step_times.append(time.perf_counter() - t0)
-        losses.append(float(loss))
+        cpu_times.append(time.process_time() - c0)
+        losses.append(loss.item())
         if progress is not None:
             progress()
     peak = max(0, rss_peak_bytes() - base) / 2**20
     k = max(1, len(step_times) // 5)  # the first steps include allocator warm-up
-    stats = {"time_per_step_s": float(np.median(step_times[k:] or step_times)), "peak_mem_mb": peak,
+    stats = {"time_per_step_s": float(np.median(step_times[k:] or step_times)),
+             "cpu_time_per_step_s": float(np.median(cpu_times[k:] or cpu_times)), "peak_mem_mb": peak,
              "train_loss_first": float(np.mean(losses[:k])), "train_loss_last": float(np.mean(losses[-k:]))}
     return clf, stats
 
