@@ -103,3 +103,19 @@ def test_cli_run_and_report(tmp_path):
     assert r.exit_code == 0 and "report.md" in r.output
     r = CliRunner().invoke(app, ["finetune", "report", str(tmp_path)])
     assert r.exit_code == 1 and "results.jsonl" in r.output
+
+
+def test_probe_head_folds_the_scaler(tmp_path):
+    """The LP-FT head init reproduces the probe's predictions on raw pooled features."""
+    cfg = _cfg(tmp_path)
+    tc = cfg.tasks[0]
+    enc = ft.Encoder(tc.backbone, tc.image_size, tc.max_length)
+    data, task = ft.task_data(tc, 0)
+    model = enc.fresh("sh")
+    acc, (W, b) = ft.probe_accuracy(enc, model, data, tc, 1.0, 0)
+    f = torch.as_tensor(ft.features(enc, model, data[2], 64))
+    pred = (f @ W.T + b).argmax(-1).numpy()
+    assert abs(float((pred == data[3]).mean()) - acc) < 1e-9
+    clf, _ = ft.finetune(enc, enc.fresh("sh"), data, tc.model_copy(update={"steps": 1, "head_lr": 1e-12, "lr": 1e-12}),
+                         len(task.classes), 0, head_init=(W, b))
+    assert torch.allclose(clf.head.weight[: W.shape[0]], W, atol=1e-6)

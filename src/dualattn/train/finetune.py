@@ -13,7 +13,9 @@ variant ``v`` (softmax, bn, sh, bn+sh, ...), three accuracies on the same held-o
   batches as softmax). Measures whether training recovers from the swap.
 
 Classifier: ``[CLS token, masked mean of the last hidden state] -> Linear``; AdamW with ``lr``
-for the backbone and ``head_lr`` for the head; cross-entropy. Each fine-tuning run also records
+for the backbone and ``head_lr`` for the head; cross-entropy. By default the head starts from the
+variant's frozen-feature probe (LP-FT, Kumar et al. 2022: linear probe, then fine-tune), so a
+short fine-tuning run starts from a trained head instead of spending its steps on a random one. Each fine-tuning run also records
 the median wall-clock and CPU time per optimisation step and the peak resident memory increase during training.
 
 Results go to ``out_dir/results.jsonl`` (one line per task, seed, variant; a rerun skips finished
@@ -84,6 +86,8 @@ class FinetuneConfig(BaseModel):
     variant_options: dict[str, dict[str, Any]] = {}
     stages: list[Literal["probe", "swap", "finetune"]] = ["probe", "swap", "finetune"]
     probe_C: float = Field(1.0, gt=0, description="inverse L2 strength of the logistic-regression probe")
+    head_init: Literal["probe", "random"] = Field(
+        "probe", description="fine-tuning head init: the variant's frozen-feature probe (LP-FT) or random")
     threads: int = Field(2, ge=1)
     progress: bool = True
     tasks: list[FinetuneTask]
@@ -214,27 +218,48 @@ def accuracy(enc: Encoder, clf: Classifier, X, y: np.ndarray, batch_size: int) -
     return float((pred == y).mean())
 
 
-def probe_accuracy(enc: Encoder, model, data, tc: FinetuneTask, C: float, seed: int) -> float:
-    """Logistic-regression probe on frozen pooled features (standardised on the training rows)."""
+def probe_accuracy(enc: Encoder, model, data, tc: FinetuneTask, C: float, seed: int):
+    """Logistic-regression probe on frozen pooled features (standardised on the training rows).
+
+    Returns ``(test accuracy, (W, b))`` with the probe folded into one linear map of the raw
+    features, ``W = coef / sigma``, ``b = intercept - W mu`` (the LP-FT head initialisation).
+    """
     from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     Xtr, ytr, Xte, yte = data
     ftr, fte = features(enc, model, Xtr, tc.eval_batch_size), features(enc, model, Xte, tc.eval_batch_size)
-    probe = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000, random_state=seed))
-    probe.fit(ftr, ytr)
-    return float(probe.score(fte, yte))
+    scaler = StandardScaler().fit(ftr)
+    lr = LogisticRegression(C=C, max_iter=2000, random_state=seed).fit(scaler.transform(ftr), ytr)
+    acc = float(lr.score(scaler.transform(fte), yte))
+    coef, icpt = lr.coef_, lr.intercept_
+    if coef.shape[0] == 1:  # binary: logits (-z/2, z/2) give the same probabilities
+        coef, icpt = np.vstack([-coef / 2, coef / 2]), np.array([-icpt[0] / 2, icpt[0] / 2])
+    W = coef / scaler.scale_
+    b = icpt - W @ scaler.mean_
+    full = np.zeros((int(lr.classes_.max()) + 1, W.shape[1]))
+    fb = np.full(full.shape[0], -1e4)  # classes absent from the training rows are never predicted
+    full[lr.classes_], fb[lr.classes_] = W, b
+    return acc, (torch.tensor(full, dtype=torch.float32), torch.tensor(fb, dtype=torch.float32))
 
 
-def finetune(enc: Encoder, model, data, tc: FinetuneTask, n_classes: int, seed: int, progress=None):
-    """Fine-tune ``model`` + a linear head for ``tc.steps`` AdamW steps; returns (classifier, stats)."""
+def finetune(enc: Encoder, model, data, tc: FinetuneTask, n_classes: int, seed: int, progress=None,
+             head_init=None):
+    """Fine-tune ``model`` + a linear head for ``tc.steps`` AdamW steps; returns (classifier, stats).
+
+    ``head_init``: optional ``(W, b)`` for the head (the probe, i.e. LP-FT); else a random init.
+    """
     from dualattn.bench.memory import current_rss_bytes, reset_rss_peak, rss_peak_bytes
 
     Xtr, ytr, _, _ = data
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     clf = Classifier(model, n_classes)
+    if head_init is not None:
+        W, b = head_init
+        with torch.no_grad():
+            clf.head.weight[: W.shape[0]].copy_(W)
+            clf.head.bias[: b.shape[0]].copy_(b)
     opt = torch.optim.AdamW([{"params": model.parameters(), "lr": tc.lr},
                              {"params": clf.head.parameters(), "lr": tc.head_lr}], weight_decay=tc.weight_decay)
     y = torch.as_tensor(ytr)
@@ -346,14 +371,19 @@ def _run_one(cfg, tc, enc, data, task, seed, variant, swap_acc, results, console
                            "n_test": int(len(data[3])), "n_classes": len(task.classes), "steps": tc.steps,
                            "batch_size": tc.batch_size}
     t0 = time.perf_counter()
-    if "probe" in cfg.stages:
-        rec["probe_acc"] = probe_accuracy(enc, enc.fresh(variant, opts), data, tc, cfg.probe_C, seed)
+    head = None
+    if "probe" in cfg.stages or cfg.head_init == "probe":
+        acc, head = probe_accuracy(enc, enc.fresh(variant, opts), data, tc, cfg.probe_C, seed)
+        if "probe" in cfg.stages:
+            rec["probe_acc"] = acc
+        if cfg.head_init != "probe":
+            head = None
     clf = None
     if "finetune" in cfg.stages or ("swap" in cfg.stages and variant == "softmax"):
         bar = _progress(cfg, f"{task_key(tc)} seed {seed} {variant}", tc.steps)
         with bar as (p, tid):
             clf, stats = finetune(enc, enc.fresh(variant, opts), data, tc, len(task.classes), seed,
-                                  progress=(lambda: p.advance(tid)) if p is not None else None)
+                                  progress=(lambda: p.advance(tid)) if p is not None else None, head_init=head)
         rec["finetune_acc"] = accuracy(enc, clf, data[2], data[3], tc.eval_batch_size)
         rec.update(stats)
     if "swap" in cfg.stages:
