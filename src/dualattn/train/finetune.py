@@ -219,24 +219,26 @@ def accuracy(enc: Encoder, clf: Classifier, X, y: np.ndarray, batch_size: int) -
 
 
 def probe_accuracy(enc: Encoder, model, data, tc: FinetuneTask, C: float, seed: int):
-    """Logistic-regression probe on frozen pooled features (standardised on the training rows).
+    """Logistic-regression probe on frozen pooled features, standardised on the training rows
+    (``(f - mu) / sigma`` with ``sigma`` floored at 1 % of its median).
 
     Returns ``(test accuracy, (W, b))`` with the probe folded into one linear map of the raw
     features, ``W = coef / sigma``, ``b = intercept - W mu`` (the LP-FT head initialisation).
     """
     from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
 
     Xtr, ytr, Xte, yte = data
     ftr, fte = features(enc, model, Xtr, tc.eval_batch_size), features(enc, model, Xte, tc.eval_batch_size)
-    scaler = StandardScaler().fit(ftr)
-    lr = LogisticRegression(C=C, max_iter=2000, random_state=seed).fit(scaler.transform(ftr), ytr)
-    acc = float(lr.score(scaler.transform(fte), yte))
+    mu = ftr.mean(0)
+    # floor the scale: a (near-)constant feature would otherwise get a weight ~1/0 in the folded head
+    sigma = np.maximum(ftr.std(0), 1e-2 * float(np.median(ftr.std(0))) + 1e-12)
+    lr = LogisticRegression(C=C, max_iter=2000, random_state=seed).fit((ftr - mu) / sigma, ytr)
+    acc = float(lr.score((fte - mu) / sigma, yte))
     coef, icpt = lr.coef_, lr.intercept_
     if coef.shape[0] == 1:  # binary: logits (-z/2, z/2) give the same probabilities
         coef, icpt = np.vstack([-coef / 2, coef / 2]), np.array([-icpt[0] / 2, icpt[0] / 2])
-    W = coef / scaler.scale_
-    b = icpt - W @ scaler.mean_
+    W = coef / sigma
+    b = icpt - W @ mu
     full = np.zeros((int(lr.classes_.max()) + 1, W.shape[1]))
     fb = np.full(full.shape[0], -1e4)  # classes absent from the training rows are never predicted
     full[lr.classes_], fb[lr.classes_] = W, b
