@@ -136,7 +136,8 @@ def write_report(out_dir: str | Path) -> Path:
         lines.append(f"- `{task}`: {r['n_train']} training / {r['n_test']} test examples, {r['n_classes']} classes, "
                      f"{r['steps']} AdamW steps of batch {r['batch_size']}.")
     lines += ["", "Mean ± sample std over seeds (a seed = a split, a head init and a batch order). Time per step = "
-              "median wall-clock (and process CPU time, all threads) of one forward+backward+AdamW step; peak memory = peak resident-set increase "
+              "median wall-clock (and process CPU time, all threads) of one forward+backward+AdamW step; "
+              "peak memory = peak resident-set increase "
               "during fine-tuning (CPU; shared machine, noisy).", "", markdown_table(rows), "## Findings", ""]
     lines += findings(rows) or ["- (no softmax reference in this run)"]
     lines += ["", "## Plot", "", "![accuracy](plots/accuracy.png)", ""]
