@@ -16,8 +16,8 @@ Classifier: ``[CLS token, masked mean of the last hidden state] -> Linear``; Ada
 for the backbone and ``head_lr`` for the head; cross-entropy. By default the head starts from the
 variant's frozen-feature probe (LP-FT, Kumar et al. 2022: linear probe, then fine-tune), so a
 short fine-tuning run starts from a trained head instead of spending its steps on a random one.
-Each fine-tuning run also records
-the median wall-clock and CPU time per optimisation step and the peak resident memory increase during training.
+Each fine-tuning run also records the median wall-clock and CPU time per optimisation step and
+the peak resident memory increase during training.
 
 Results go to ``out_dir/results.jsonl`` (one line per task, seed, variant; a rerun skips finished
 lines, so an interrupted study resumes) and ``report.md`` with a table and plots.
