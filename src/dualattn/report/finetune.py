@@ -77,10 +77,12 @@ def findings(rows: list[dict[str, Any]]) -> list[str]:
             if not (np.isnan(r["swap_acc"]) or np.isnan(r["finetune_acc"]) or np.isnan(ref["finetune_acc"])):
                 lost = ref["finetune_acc"] - r["swap_acc"]
                 back = r["finetune_acc"] - r["swap_acc"]
-                if lost > 0.01:
-                    share = 100 * min(max(back / lost, 0.0), 9.99)
+                if lost > 0.01 and back >= 0:
                     out.append(f"  Swapping cost {100 * lost:.1f} points; fine-tuning with {r['variant']} from the "
-                               f"pretrained weights recovered {100 * back:.1f} of them ({share:.0f} %).")
+                               f"pretrained weights recovered {100 * back:.1f} of them ({100 * back / lost:.0f} %).")
+                elif lost > 0.01:
+                    out.append(f"  Swapping cost {100 * lost:.1f} points; fine-tuning with {r['variant']} from the "
+                               f"pretrained weights lost {100 * -back:.1f} more.")
     return out
 
 
