@@ -11,7 +11,7 @@ import importlib
 
 import typer
 
-COMMAND_MODULES = ("train", "bench", "convex", "transfer", "data")
+COMMAND_MODULES = ("train", "bench", "convex", "transfer", "data", "finetune")
 
 app = typer.Typer(
     name="dualattn",
