@@ -33,7 +33,6 @@ statistics at the last position equal its global ones: linear, bn, linear-bn).
 
 from __future__ import annotations
 
-import inspect
 import math
 import weakref
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -50,8 +49,6 @@ POSITIONAL = ("sparse", "sh", "bn+sh")
 GLOBAL_AT_LAST = ("linear", "bn")
 #: Variants without a softmax temperature (``scale`` must be None).
 NO_SCALE = ("linear", "linear-bn")
-#: Keyword arguments of every functional variant that the integration sets itself.
-_COMMON_ARGS = {"attn_mask", "key_padding_mask", "is_causal", "dropout_p", "scale", "need_weights"}
 #: Options that need learned parameters a transformers module does not have.
 _PARAM_OPTIONS = {"conv_weight_k", "conv_weight_v"}
 #: Options of the integration itself, valid for every variant: ``compute_dtype`` (None, "float32",
@@ -66,20 +63,19 @@ MODULE_ATTR = "dualattn_options"
 
 # --------------------------------------------------------------------------- variant lookup
 def variant_function(variant: str) -> Tuple[Callable, Dict[str, Any]]:
-    """The functional implementation of ``variant`` and its options with their defaults.
+    """The functional implementation of ``variant`` and its options with their defaults (plus ``impl``).
 
-    The single place that reads the variant table (switch it to the registry here).
+    The single place that reads the variant registry (:mod:`dualattn.functional.registry`).
     """
-    from dualattn.functional import VARIANT_FUNCTIONS
+    from dualattn.functional.registry import get_variant
 
     if variant not in VARIANTS:
         raise ValueError(f"dualattn.hf: unknown variant {variant!r}; choose one of {list(VARIANTS)} "
                          "(primal needs its own parameters: use dualattn.nn.swap_attention)")
-    fn = VARIANT_FUNCTIONS[variant]
-    opts = {p.name: (None if p.default is inspect.Parameter.empty else p.default)
-            for p in inspect.signature(fn).parameters.values()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in _COMMON_ARGS | _PARAM_OPTIONS}
-    return fn, opts
+    var = get_variant(variant)
+    opts = {name: opt.default for name, opt in var.options.items()
+            if name not in var.module_options and name not in _PARAM_OPTIONS}
+    return var.function, opts | {"impl": "auto"}
 
 
 def attn_name(variant: str) -> str:
