@@ -241,7 +241,8 @@ def _causal_staircase(q: Tensor, kp: Tensor, vp: Tensor, r: int, pool: str, drop
     """Causal SH for one group (no padding, Nq = Nk = N) without any mask tensor.
 
     Write query ``i = m*r + t``. For avg/conv pooling it sees blocks ``b <= m`` if ``t = r-1`` and
-    ``b <= m-1`` otherwise (so a partial last block, ``N % r != 0``, is seen by no query); for strided pooling it sees ``b <= m`` for every ``t``. Queries are regrouped by offset ``t``
+    ``b <= m-1`` otherwise (so a partial last block, ``N % r != 0``, is seen by no query); for
+    strided pooling it sees ``b <= m`` for every ``t``. Queries are regrouped by offset ``t``
     so every case is one SDPA call with ``is_causal=True`` (keys shifted by one block for ``b <= m-1``).
     """
     B, Hg, N, D = q.shape
