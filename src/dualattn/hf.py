@@ -33,7 +33,6 @@ statistics at the last position equal its global ones: linear, bn, linear-bn).
 
 from __future__ import annotations
 
-import math
 import weakref
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -244,34 +243,9 @@ def _run(fn, variant, q, k, v, *, kpm, causal, attn_mask, opts, scale, dropout):
         order = torch.argsort((~kpm).to(torch.int8), dim=1, stable=True)
         q, k, v = _pack(q, order), _pack(k, order), _pack(v, order)
         kpm = torch.gather(kpm, 1, order)
-    if causal and variant in ("sh", "bn+sh") and attn_mask is None:
-        out = _sh_causal(fn, q, k, v, kpm, dropout=dropout, scale=scale, opts=opts)
-    else:
-        out = fn(q, k, v, attn_mask=attn_mask, key_padding_mask=kpm, is_causal=causal, dropout_p=dropout,
-                 scale=scale, **opts)
+    out = fn(q, k, v, attn_mask=attn_mask, key_padding_mask=kpm, is_causal=causal, dropout_p=dropout,
+             scale=scale, **opts)
     return _unpack(out, order) if pack else out
-
-
-def _sh_causal(fn, q, k, v, kpm, *, dropout, scale, opts):
-    """Causal SH / BN+SH with length-independent visibility: block ``b`` of factor ``r`` is seen by
-    query ``i`` once complete, ``(b+1) r - 1 <= i``.
-
-    The functional rule ``min((b+1) r, N) - 1 <= i`` shows the final partial block to the last
-    queries, so a position's output depends on how many tokens follow it (the full forward would
-    differ from cached decoding and from the same sequence padded). Padding the sequence with
-    masked keys to a multiple of ``lcm(factors)`` makes ``N`` drop out of the rule.
-    """
-    B, H, N, _ = q.shape
-    L = math.lcm(*opts["factors"])
-    extra = (-N) % L
-    if extra == 0:
-        return fn(q, k, v, key_padding_mask=kpm, is_causal=True, dropout_p=dropout, scale=scale, **opts)
-    if kpm is None:
-        kpm = torch.ones(B, N, dtype=torch.bool, device=q.device)
-    pad = lambda x: torch.nn.functional.pad(x, (0, 0, 0, extra))  # noqa: E731
-    kpm = torch.nn.functional.pad(kpm, (0, extra), value=False)
-    out = fn(pad(q), pad(k), pad(v), key_padding_mask=kpm, is_causal=True, dropout_p=dropout, scale=scale, **opts)
-    return out[:, :, :N]
 
 
 def _attend(variant: str, module, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor],

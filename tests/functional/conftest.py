@@ -91,7 +91,11 @@ def literal_bn(q, k, v, *, kpm=None, causal=False, beta=1.0, eps=1e-5):
 
 
 def literal_sh(q, k, v, factors, *, kpm=None, causal=False, bn=False, beta=1.0, eps=1e-5):
-    """Per head: average-pool the valid members of each block of r keys, then (BN-)softmax attention."""
+    """Per head: average-pool the valid members of each block of r keys, then (BN-)softmax attention.
+
+    Causal: block ``[s, s + r - 1]`` is visible to query ``i`` iff ``s + r - 1 <= i`` (a partial
+    last block is visible to no query).
+    """
     B, H, N, D = q.shape
     out = torch.zeros(B, H, N, v.shape[-1], dtype=q.dtype)
     for b in range(B):
@@ -101,7 +105,7 @@ def literal_sh(q, k, v, factors, *, kpm=None, causal=False, bn=False, beta=1.0, 
             for s in range(0, N, r):
                 mem = [j for j in range(s, min(s + r, N)) if kpm is None or kpm[b, j]]
                 if mem:
-                    blocks.append((min(s + r, N) - 1, k[b, h, mem].mean(0), v[b, h, mem].mean(0)))
+                    blocks.append((s + r - 1, k[b, h, mem].mean(0), v[b, h, mem].mean(0)))
             for i in range(N):
                 vis = [blk for blk in blocks if not causal or blk[0] <= i]
                 if not vis:

@@ -12,9 +12,14 @@ Downsampling ``P_r`` (block ``b`` covers keys ``[b*r, (b+1)*r - 1]``):
   over valid members (padded members contribute 0).
 
 A pooled key with no valid member is masked. Causal: query ``i`` sees block ``b`` only if
-every key the block reads is ``<= i`` (``min((b+1)r, N) - 1 <= i``; for ``"stride"``,
-``b*r <= i``), so the query's own partial block is excluded and nothing leaks from the
-future. A query with no visible block outputs zeros.
+every position the block covers is ``<= i``: ``(b+1) r - 1 <= i`` for ``"avg"``/``"conv"``
+(the block's nominal span, not clamped to ``N``), ``b*r <= i`` for ``"stride"`` (it reads
+only key ``b*r``). The query's own incomplete block is excluded, and so is a final partial
+block (``N % r != 0``): it is visible to no query of the sequence. The rule does not involve
+``N``, so row ``i`` depends only on tokens ``<= i`` and not on how many follow (prefix and
+right-padding invariant). A query with no visible block (``i < r - 1`` for avg/conv, or only
+padded blocks visible) outputs zeros, and BN+SH's running statistics of a query run over its
+visible valid pooled keys only (none: ``mu = 0``, ``s2 = eps``).
 
 Fast path: heads are grouped by factor and SDPA is called once per group, so no
 ``N x N`` tensor exists for groups with ``r > 1``. With average pooling, no padding and
@@ -86,7 +91,8 @@ class Pooled:
     """Downsampled keys/values of one head group plus what masking needs.
 
     ``k, v``: ``(B, Hg, Nb, D)``; ``valid``: ``(B, Nb)`` bool or None (all valid);
-    ``last``: ``(Nb,)`` largest original key index read by each block; ``member_w()``:
+    ``last``: ``(Nb,)`` largest position each block covers (causal visibility: ``last[b] <= i``;
+    ``(b+1) r - 1`` for avg/conv even for a partial last block, ``b r`` for stride); ``member_w()``:
     ``(B or 1, Hg or 1, Nk)`` weight of key ``j`` inside its block (computed only for need_weights).
     """
 
@@ -164,7 +170,7 @@ def pool_kv(
             return mw if key_padding_mask is None else mw * key_padding_mask[:, None, :].to(k.dtype)
 
         return Pooled(k[:, :, ::r], v[:, :, ::r], valid, ar * r, r, pool, Nk, mw_stride)
-    last = ((ar + 1) * r).clamp(max=Nk) - 1
+    last = (ar + 1) * r - 1  # nominal span: a partial last block is visible to no query
     pad = Nb * r - Nk
     if key_padding_mask is None:
         m = torch.ones(1, Nk, dtype=torch.bool, device=dev)
@@ -235,8 +241,8 @@ def _causal_staircase(q: Tensor, kp: Tensor, vp: Tensor, r: int, pool: str, drop
     """Causal SH for one group (no padding, Nq = Nk = N) without any mask tensor.
 
     Write query ``i = m*r + t``. For avg/conv pooling it sees blocks ``b <= m`` if ``t = r-1`` and
-    ``b <= m-1`` otherwise (plus, if ``N % r``, the last query also sees the partial last block);
-    for strided pooling it sees ``b <= m`` for every ``t``. Queries are regrouped by offset ``t``
+    ``b <= m-1`` otherwise (so a partial last block, ``N % r != 0``, is seen by no query); for
+    strided pooling it sees ``b <= m`` for every ``t``. Queries are regrouped by offset ``t``
     so every case is one SDPA call with ``is_causal=True`` (keys shifted by one block for ``b <= m-1``).
     """
     B, Hg, N, D = q.shape
@@ -254,11 +260,7 @@ def _causal_staircase(q: Tensor, kp: Tensor, vp: Tensor, r: int, pool: str, drop
     out5[:, :, r - 1 :] = gqa(q5[:, :, r - 1 :], kp, vp)
     if M > 1:
         out5[:, :, : r - 1, 1:] = gqa(q5[:, :, : r - 1, 1:], kp[:, :, : M - 1], vp[:, :, : M - 1])
-    out = out5.transpose(2, 3).reshape(B, Hg, M * r, Dv)[:, :, :N]
-    if N % r:  # the last query also sees the partial last block: recompute that row over all blocks
-        last = F.scaled_dot_product_attention(q[:, :, N - 1 :], kp, vp, dropout_p=dropout_p, scale=scale)
-        out = torch.cat([out[:, :, : N - 1], last], dim=2)
-    return out
+    return out5.transpose(2, 3).reshape(B, Hg, M * r, Dv)[:, :, :N]
 
 
 def _select(x: Tensor, heads: List[int]) -> Tensor:
