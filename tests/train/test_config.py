@@ -5,7 +5,7 @@ import pytest
 from dualattn.train.config import ConfigError, RunConfig, apply_overrides, build_config, dump_config, load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-RUN_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if not p.name.startswith(("reproduce", "transfer")))
+RUN_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if not p.name.startswith(("reproduce", "transfer", "finetune")))
 
 
 @pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: p.name)
