@@ -119,3 +119,13 @@ def test_probe_head_folds_the_scaler(tmp_path):
     clf, _ = ft.finetune(enc, enc.fresh("sh"), data, tc.model_copy(update={"steps": 1, "head_lr": 1e-12, "lr": 1e-12}),
                          len(task.classes), 0, head_init=(W, b))
     assert torch.allclose(clf.head.weight[: W.shape[0]], W, atol=1e-6)
+
+
+def test_shipped_config_validates():
+    from pathlib import Path
+
+    from dualattn.train.finetune import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "finetune.yaml")
+    assert {t.backbone for t in cfg.tasks} == {"minilm-l6", "dinov2-s"}
+    assert set(cfg.variants) == {"softmax", "bn", "sh", "bn+sh"} and len(cfg.seeds) == 3
