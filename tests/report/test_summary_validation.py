@@ -74,6 +74,8 @@ def test_report_lists_invalid_summaries_with_their_path(runs):
         assert str(path) in text
     res = CliRunner().invoke(app, ["report", str(root)])
     assert res.exit_code == 0, res.output
+    for path in bad.values():  # and warned about on the console
+        assert f"invalid run summary {path}" in res.output.replace("\n", "")
 
 
 def test_check_summary_accepts_what_train_writes():

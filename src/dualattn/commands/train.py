@@ -94,6 +94,11 @@ def register(app: typer.Typer) -> None:
             _fail(str(exc))
         for d in dups:
             typer.secho(f"warning: {d}", fg="yellow", err=True)
+        from dualattn.report.aggregate import validate_runs
+
+        for rd in run_dirs:  # invalid summaries are listed in report.md; say so on the console too
+            for err in validate_runs(rd)[1]:
+                typer.secho(f"warning: invalid run summary {err.path}: {err.message}", fg="yellow", err=True)
         typer.echo(f"report: {path}")
 
     @app.command()
