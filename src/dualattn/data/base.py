@@ -256,6 +256,14 @@ class CacheDirError(OSError, ValueError):
 _WRITABLE_CACHE_DIRS: set[Path] = set()
 
 
+def make_writable_dir(path: Path) -> None:
+    """Create ``path`` (with parents) and write and remove a probe file in it; ``OSError`` if it cannot."""
+    path.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(dir=path, prefix=".write-probe")
+    os.close(fd)
+    os.remove(probe)
+
+
 def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """``cache_dir`` if given, else ``$DUALATTN_CACHE``, else ``~/.cache/dualattn``.
 
@@ -272,10 +280,7 @@ def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     if path in _WRITABLE_CACHE_DIRS:
         return path
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-probe")
-        os.close(fd)
-        os.remove(probe)
+        make_writable_dir(path)
     except OSError as exc:
         hint = f"set {CACHE_ENV} to a writable folder" if source != "cache_dir" else "pass a writable cache_dir"
         raise CacheDirError(

@@ -17,9 +17,10 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import tempfile
 import time
 from pathlib import Path
+
+from dualattn.data.base import make_writable_dir
 
 try:  # POSIX
     import fcntl
@@ -72,10 +73,7 @@ def ensure_writable_dir(path: Path) -> Path | None:
             break
         created = folder
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-probe")
-        os.close(fd)
-        os.remove(probe)
+        make_writable_dir(path)
     except OSError as exc:
         raise RunDirNotWritable(path, exc) from exc
     return created
