@@ -7,10 +7,12 @@ error naming the field, raised before any data is loaded or any training starts.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+BaseModelT = TypeVar("BaseModelT", bound=BaseModel)
 
 
 def __getattr__(name: str):
@@ -201,6 +203,14 @@ def build_config(raw: dict[str, Any], source: str = "<dict>") -> RunConfig:
         return RunConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def load_yaml_model(path: str | Path, model: type[BaseModelT]) -> BaseModelT:
+    """Read a YAML file into the pydantic ``model`` (``FileNotFoundError`` naming a missing file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config {path} not found")
+    return model.model_validate(yaml.safe_load(path.read_text()))
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

@@ -113,10 +113,9 @@ class FinetuneConfig(BaseModel):
 
 def load_config(path: str | Path) -> FinetuneConfig:
     """Read and validate a YAML config."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config {path} not found")
-    return FinetuneConfig.model_validate(yaml.safe_load(path.read_text()))
+    from dualattn.train.config import load_yaml_model
+
+    return load_yaml_model(path, FinetuneConfig)
 
 
 # --------------------------------------------------------------------------- models

@@ -13,7 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dualattn.transfer.heads import BASELINES
@@ -158,7 +157,6 @@ class TransferConfig(BaseModel):
 
 def load_config(path: str | Path) -> TransferConfig:
     """Read and validate a YAML config."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config {path} not found")
-    return TransferConfig.model_validate(yaml.safe_load(path.read_text()))
+    from dualattn.train.config import load_yaml_model
+
+    return load_yaml_model(path, TransferConfig)
