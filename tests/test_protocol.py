@@ -1,7 +1,11 @@
 """Paper protocol: packaged protocol files, plan, shards, estimate, preflight order, --jobs, merge, rerun."""
 
 import json
+import os
+import subprocess
+import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -30,8 +34,8 @@ def test_packaged_protocols_are_copies_of_configs():
         assert (protocols_dir() / name).read_text() == (CONFIGS / name).read_text(), f"{name} out of sync"
 
 
-def test_paper_protocol_plan():
-    proto, runs = plan_runs(builtin_protocol("paper"), out="runs")
+def test_paper_protocol_plan(tmp_path):
+    proto, runs = plan_runs(builtin_protocol("paper"), out=tmp_path)
     ts = {"JapaneseVowels", "BasicMotions", "ArrowHead", "GunPoint", "ItalyPowerDemand", "OSULeaf", "ACSF1",
           "PickupGestureWiimoteZ"}
     seeds = {}
@@ -53,10 +57,13 @@ def test_paper_protocol_plan():
             m = r.cfg.model
             assert (m.dim, m.depth, m.num_heads, r.cfg.optim.name, r.cfg.optim.lr) == (512, 2, 8, "radam", 1e-3)
             assert r.cfg.trainer.monitor == "val_loss" and r.cfg.trainer.patience == 7  # budget adaptation
+            # separable sets: val loss shrinks forever, so tiny improvements must not reset patience
+            assert r.cfg.trainer.min_delta == (0.0 if r.cfg.data.name == "JapaneseVowels" else 1e-3)
     assert load_config(CONFIGS / "uea.yaml").trainer.monitor == "val_loss"
 
 
-def test_shards_partition_the_plan():
+def test_shards_partition_the_plan(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # plans read OUT=runs/ for finished runs; keep the developer's runs out of it
     _, full = plan_runs(builtin_protocol("paper"))
     parts = [plan_runs(builtin_protocol("paper"), shard=(i, 4))[1] for i in range(4)]
     dirs = [[str(r.run_dir) for r in p] for p in parts]
@@ -68,7 +75,8 @@ def test_shards_partition_the_plan():
             parse_shard(bad)
 
 
-def test_estimate_printed_and_schedule():
+def test_estimate_printed_and_schedule(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
     assert schedule_makespan([3, 3, 2, 2, 2], 2) == 7  # greedy longest-first: [3+2+2, 3+2]
     assert schedule_makespan([5, 1], 4) == 5
     res = CliRunner().invoke(app, ["reproduce", "--paper", "--estimate", "--jobs", "2", "--shard", "0/2"])
@@ -178,6 +186,42 @@ def test_rerun_from_saved_config_reproduces_test_accuracy(tiny):
         (rd / "metrics.csv").read_text().splitlines()[1].split(",")[:6]
 
 
+def test_changed_protocol_refuses_stale_run_folders(tiny):
+    _train_tiny(tiny, tiny / "a")
+    # same protocol again: every run is skipped
+    res = _train_tiny(tiny, tiny / "a")
+    assert "4 already done" in res.output or "skipped" in res.output.lower(), res.output
+    # a changed stopping rule must not silently reuse the old results
+    args = ["reproduce", "--protocol", str(tiny / "proto.yaml"), "--out", str(tiny / "a"), "--no-report",
+            "--set", "trainer.min_delta=0.01"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code != 0
+    assert "different config" in res.output and "trainer.min_delta" in res.output and "seed" in res.output
+    # paths and thread counts do not make a run stale
+    res = CliRunner().invoke(app, args[:-2] + ["--set", "trainer.num_threads=2"])
+    assert res.exit_code == 0, res.output
+
+
+def test_min_delta_reaches_early_stopping(tiny, monkeypatch):
+    import lightning.pytorch.callbacks as cb
+
+    from dualattn.train import run as run_mod
+
+    seen = {}
+
+    class Spy(cb.EarlyStopping):
+        def __init__(self, **kw):
+            seen.update(kw)
+            super().__init__(**kw)
+
+    monkeypatch.setattr(cb, "EarlyStopping", Spy)  # train_run imports it at call time
+    cfg = load_config(tiny / "tiny.yaml", ["trainer.patience=3", "trainer.min_delta=0.5"])
+    run_mod.train_run(cfg, tiny / "md", progress="none")
+    assert seen["min_delta"] == 0.5 and seen["patience"] == 3
+    with pytest.raises(ConfigError, match="min_delta"):
+        load_config(tiny / "tiny.yaml", ["trainer.min_delta=-1"])
+
+
 @pytest.mark.slow
 def test_jobs_2_gives_the_same_results_as_jobs_1(tmp_path):
     # worker processes are spawned, so the data must be loadable in a fresh process: a shipped UCR set
@@ -201,3 +245,40 @@ def test_jobs_2_gives_the_same_results_as_jobs_1(tmp_path):
         assert [o.status for o in res] == ["ok"] * 2, [o.error for o in res]
         outs[jobs] = _accs(tmp_path / f"j{jobs}" / "tiny")
     assert len(outs[1]) == 2 and outs[1] == outs[2]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_workers_stop_when_reproduce_is_killed():
+    # a killed `reproduce` must not leave its workers training (and writing run folders) unseen
+    script = textwrap.dedent("""
+        import os, time
+        from dualattn.train.reproduce import _worker_init
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            _worker_init(1, parent)
+            time.sleep(60)
+            os._exit(0)
+        print(pid, flush=True)
+        os._exit(0)  # the parent dies first, as under `kill`
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    child = int(out.stdout.strip())
+
+    def alive() -> bool:
+        try:
+            state = Path(f"/proc/{child}/status").read_text()
+            return "\nState:\tZ" not in state
+        except FileNotFoundError:
+            return False
+        except OSError:  # pragma: no cover - no /proc
+            try:
+                os.kill(child, 0)
+                return True
+            except ProcessLookupError:
+                return False
+
+    deadline = time.monotonic() + 20
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive(), "orphaned worker kept running"

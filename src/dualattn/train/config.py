@@ -114,6 +114,8 @@ class TrainerConfig(_Strict):
     max_epochs: int = Field(default=100, ge=1)
     min_epochs: int = Field(default=1, ge=0)
     patience: int | None = Field(default=10, ge=1)
+    # Early stopping: a change of the monitored value smaller than min_delta is no improvement.
+    min_delta: float = Field(default=0.0, ge=0)
     monitor: Literal["val_acc", "val_loss"] = "val_acc"
     accelerator: Literal["auto", "cpu", "gpu", "cuda"] = "auto"
     devices: int | Literal["auto"] = 1

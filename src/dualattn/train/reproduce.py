@@ -212,7 +212,57 @@ def plan_runs(
     runs = select_shard(runs, shard)
     if not runs:
         raise ConfigError(f"--shard {shard[0]}/{shard[1]}: this shard is empty (the plan has {total} runs)")
+    check_not_stale(runs)
     return proto, runs
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+# Saved-config fields that do not change a finished run's result (paths, display, devices).
+_IGNORED_WHEN_COMPARING = {"trainer.progress", "trainer.num_threads", "data.num_workers", "data.cache_dir", "data.root"}
+
+
+def config_differences(pr: PlannedRun) -> list[str]:
+    """``["trainer.min_delta: 0.0 (saved) != 0.001 (planned)", ...]`` for a run folder made with another config.
+
+    Empty when the folder has no saved ``config.yaml`` or it matches the plan.
+    """
+    path = Path(pr.run_dir) / "config.yaml"
+    try:
+        saved_raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return []
+    try:
+        saved = _flatten(RunConfig.model_validate(saved_raw).model_dump(mode="json"))
+    except ValidationError:
+        return [f"{path} is not a valid run config"]
+    planned = _flatten(pr.cfg.model_dump(mode="json"))
+    return [f"{k}: {saved.get(k)!r} (saved) != {planned.get(k)!r} (planned)"
+            for k in sorted(set(saved) | set(planned))
+            if k not in _IGNORED_WHEN_COMPARING and saved.get(k) != planned.get(k)]
+
+
+def check_not_stale(runs: list[PlannedRun]) -> None:
+    """Refuse to skip or resume runs whose folder holds a run made with a different config.
+
+    Otherwise a changed protocol (say, a new stopping rule) would silently mix old and new results.
+    """
+    stale = [(pr, diff) for pr in runs if (diff := config_differences(pr))]
+    if stale:
+        pr, diff = stale[0]
+        raise ConfigError(
+            f"{len(stale)} run folder(s) hold runs made with a different config than the protocol now plans, "
+            f"e.g. {pr.run_dir}: {'; '.join(diff[:3])}. Delete those folders to rerun them, or write to "
+            "another --out/--name.")
 
 
 # --------------------------------------------------------------------------- #
@@ -383,10 +433,27 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _worker_init(threads: int) -> None:
+def _exit_when_orphaned(parent: int, poll_s: float = 1.0) -> None:
+    """Worker watchdog: stop this process once its ``reproduce`` parent is gone.
+
+    A killed parent would otherwise leave its workers training (and writing run
+    folders) unseen. The run keeps its last epoch checkpoint, so a later
+    ``reproduce`` resumes it; the run-folder lock is released by the OS.
+    """
+    while True:
+        time.sleep(poll_s)
+        if os.getppid() != parent:
+            os._exit(3)
+
+
+def _worker_init(threads: int, parent: int | None = None) -> None:
+    import threading
+
     import torch
 
     torch.set_num_threads(threads)
+    if parent is not None:
+        threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True, name="orphan-watchdog").start()
 
 
 def run_one(cfg_json: dict[str, Any], run_dir: str) -> tuple[str, float, dict | None, str]:
@@ -459,7 +526,7 @@ def execute(runs: list[PlannedRun], *, jobs: int = 1, show_progress: bool = True
                     record(i, pr, ("skipped", 0.0, _summary(pr), ""), prog)
             prog.update(task, description=f"{jobs} workers x {threads} threads")
             with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
-                                     initializer=_worker_init, initargs=(threads,)) as pool:
+                                     initializer=_worker_init, initargs=(threads, os.getpid())) as pool:
                 futs = {pool.submit(run_one, pr.cfg.model_dump(mode="json"), str(pr.run_dir)): (i, pr)
                         for i, pr in todo}
                 for fut in as_completed(futs):

@@ -40,7 +40,7 @@ from dualattn.train.module import ClassifierModule, NonFiniteLossError
 
 # Fields that may differ between the saved config and a --resume invocation.
 RESUME_MUTABLE = {("trainer", "max_epochs"), ("trainer", "crash_after_epochs"), ("trainer", "crash_mode"),
-                  ("trainer", "progress"), ("trainer", "patience"), ("trainer", "devices"), ("trainer", "num_nodes"),
+                  ("trainer", "progress"), ("trainer", "patience"), ("trainer", "min_delta"), ("trainer", "devices"), ("trainer", "num_nodes"),
                   ("trainer", "strategy"), ("trainer", "ddp_backend"), ("trainer", "accelerator"),
                   ("data", "num_workers"), ("data", "cache_dir"), ("data", "root")}
 
@@ -305,7 +305,8 @@ def _train_run_locked(
     callbacks: list = [EpochCSVLogger(run_dir / "metrics.csv"), MarkInterrupted(run_dir / "summary.json"), ckpt_cb,
                        last_cb]
     if t.patience is not None:
-        callbacks.append(EarlyStopping(monitor=t.monitor, mode=mode, patience=t.patience, check_on_train_epoch_end=True))
+        callbacks.append(EarlyStopping(monitor=t.monitor, mode=mode, patience=t.patience, min_delta=t.min_delta,
+                                       check_on_train_epoch_end=True))
     bar = _progress_callback(progress or t.progress)
     if bar is not None:
         callbacks.append(bar)
