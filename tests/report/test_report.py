@@ -69,3 +69,18 @@ def test_report_cli(runs, tmp_path):
     res = CliRunner().invoke(app, ["report", str(tmp_path / "missing")])
     assert res.exit_code != 0
     assert "not found" in res.output
+
+
+def test_long_range_tasks_get_their_own_bn_sh_claim(tmp_path):
+    root = tmp_path / "lr"
+    for seed, (soft, bnsh) in enumerate([(0.40, 0.36), (0.42, 0.37), (0.38, 0.35)]):
+        _write_run(root, "listops-small", "softmax", seed, soft, [0.1, 0.2])
+        _write_run(root, "listops-small", "bn+sh", seed, bnsh, [0.5, 0.5])
+        _write_run(root, "GunPoint", "softmax", seed, 0.9, [0.1, 0.2])
+        _write_run(root, "GunPoint", "bn+sh", seed, 0.9, [0.1, 0.2])
+    text = generate_report(root).read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| BN+SH beats softmax on listops-small"))
+    assert "**not supported**" in row and "3 paired seeds" in row
+    assert "beats softmax on GunPoint" not in text  # time series are judged across datasets
+    verdicts = json.loads((root / "verdicts.json").read_text())
+    assert any(v["claim"] == "BN+SH beats softmax on listops-small" for v in verdicts)

@@ -76,6 +76,17 @@ def test_verdict_beats_clear_effect_no_effect_and_low_power():
     assert st.verdict_beats("x", [2.0]).verdict == st.INCONCLUSIVE
 
 
+def test_verdict_improves_on_one_task_from_paired_seeds():
+    base = [40.0, 42.0, 38.0, 41.0]
+    better = st.verdict_improves("bn+sh > softmax", [b + d for b, d in zip(base, [2.0, 2.5, 1.8, 2.2])], base)
+    assert better.verdict == st.SUPPORTED and "4 paired seeds" in better.evidence
+    worse = st.verdict_improves("bn+sh > softmax", [b - d for b, d in zip(base, [2.0, 2.5, 1.8, 2.2])], base)
+    assert worse.verdict == st.NOT_SUPPORTED and "excludes an advantage" in worse.evidence
+    noisy = st.verdict_improves("bn+sh > softmax", [b + d for b, d in zip(base, [3.0, -2.0, 1.0, -0.5])], base)
+    assert noisy.verdict == st.INCONCLUSIVE
+    assert st.verdict_improves("x", [1.0], [0.0]).verdict == st.INCONCLUSIVE
+
+
 def test_verdict_best_and_memory():
     others = ["bn", "softmax", "linear", "sh"]
     # bn+sh first everywhere, the others rotate through ranks 2-5 (mean rank 3.5 each, CD ~ 1.36)

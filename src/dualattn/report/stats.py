@@ -196,6 +196,26 @@ def verdict_beats(claim: str, diffs_points: Sequence[float], margin: float = 1.0
     return Verdict(claim, INCONCLUSIVE, ev)
 
 
+def verdict_improves(claim: str, a_points: Sequence[float], b_points: Sequence[float],
+                     alpha: float = ALPHA) -> Verdict:
+    """Claim "A beats B" on one dataset from paired per-seed accuracies (points, same seeds).
+
+    supported: mean of ``a - b`` > 0 and the paired t-test gives p < alpha;
+    not supported: the upper end of the 95 % t-interval of the difference is <= 0
+    (no advantage is compatible with the seeds); otherwise inconclusive at this power.
+    """
+    pt = paired_test(a_points, b_points)
+    if pt.n < 2:
+        return Verdict(claim, INCONCLUSIVE, f"only {pt.n} paired seed(s)")
+    ev = (f"difference {pt.mean_diff:+.2f} points over {pt.n} paired seeds (95 % CI {pt.ci_lo:+.2f} to "
+          f"{pt.ci_hi:+.2f}), paired t p = {_p(pt.t_p)}")
+    if pt.mean_diff > 0 and math.isfinite(pt.t_p) and pt.t_p < alpha:
+        return Verdict(claim, SUPPORTED, ev)
+    if math.isfinite(pt.ci_hi) and pt.ci_hi <= 0:
+        return Verdict(claim, NOT_SUPPORTED, ev + "; the CI excludes an advantage")
+    return Verdict(claim, INCONCLUSIVE, ev)
+
+
 def verdict_best(claim: str, ranks: RankSummary, variant: str) -> Verdict:
     """Claim "``variant`` is best": mean ranks, Friedman test and Nemenyi CD.
 
