@@ -113,3 +113,15 @@ def test_efficiency_csv_prefers_saved_activations(tmp_path):
     assert red == {"sh text N=4000 reference saved act.": pytest.approx(0.36),
                    "bn+sh text N=4000 fused peak mem.": pytest.approx(-0.1)}
     assert st.verdict_memory("m", red).verdict == st.NOT_SUPPORTED
+
+
+def test_verdict_higher_across_datasets():
+    soft = [0.2, 0.3, 0.25, 0.4, 0.35, 0.3, 0.2, 0.5]
+    up = st.verdict_higher_across("bn less redundant", [x + 0.3 for x in soft], soft, "head distance")
+    assert up.verdict == st.SUPPORTED and "higher on 8/8" in up.evidence
+    down = st.verdict_higher_across("bn less redundant", [x - 0.1 for x in soft], soft, "head distance")
+    assert down.verdict == st.NOT_SUPPORTED
+    mixed = st.verdict_higher_across("sh", [x + d for x, d in zip(soft, [.1, -.1, .05, -.05, .02, -.02, 0, .01])],
+                                     soft, "head distance")
+    assert mixed.verdict == st.INCONCLUSIVE
+    assert st.verdict_higher_across("x", [1.0], [0.0], "d").verdict == st.INCONCLUSIVE

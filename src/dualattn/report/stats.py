@@ -216,6 +216,25 @@ def verdict_improves(claim: str, a_points: Sequence[float], b_points: Sequence[f
     return Verdict(claim, INCONCLUSIVE, ev)
 
 
+def verdict_higher_across(claim: str, a: Sequence[float], b: Sequence[float], what: str,
+                          alpha: float = ALPHA) -> Verdict:
+    """Claim "A's ``what`` is higher than B's" from per-dataset means (paired by dataset).
+
+    supported: higher on average and the Wilcoxon signed-rank test across
+    datasets gives p < alpha; not supported: lower on average with p < alpha;
+    otherwise inconclusive at this power.
+    """
+    pt = paired_test(a, b)
+    if pt.n < 2:
+        return Verdict(claim, INCONCLUSIVE, f"only {pt.n} dataset(s) with both")
+    a_arr, b_arr = np.asarray(a, float), np.asarray(b, float)
+    ev = (f"mean {what} {np.mean(a_arr):.2f} vs {np.mean(b_arr):.2f} over {pt.n} datasets, higher on "
+          f"{int((a_arr > b_arr).sum())}/{pt.n}, Wilcoxon p = {_p(pt.wilcoxon_p)}")
+    if math.isfinite(pt.wilcoxon_p) and pt.wilcoxon_p < alpha:
+        return Verdict(claim, SUPPORTED if pt.mean_diff > 0 else NOT_SUPPORTED, ev)
+    return Verdict(claim, INCONCLUSIVE, ev)
+
+
 def verdict_best(claim: str, ranks: RankSummary, variant: str) -> Verdict:
     """Claim "``variant`` is best": mean ranks, Friedman test and Nemenyi CD.
 
