@@ -2,7 +2,15 @@ from pathlib import Path
 
 import pytest
 
-from dualattn.train.config import ConfigError, RunConfig, apply_overrides, build_config, dump_config, load_config
+from dualattn.train.config import (
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    build_config,
+    config_differences,
+    dump_config,
+    load_config,
+)
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 RUN_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if not p.name.startswith(("reproduce", "transfer", "finetune")))
@@ -62,3 +70,25 @@ def test_dump_roundtrip(tmp_path):
     cfg = build_config(apply_overrides({"data": {"name": "BasicMotions"}}, ["seed=3"]))
     dump_config(cfg, tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml") == cfg
+
+
+def test_config_differences_names_changed_fields_and_skips_ignored():
+    base = build_config({"data": {"name": "x"}}).model_dump(mode="json")
+    now = build_config({"name": "b", "data": {"name": "x"}, "trainer": {"min_delta": 0.001, "num_threads": 2}})
+    now = now.model_dump(mode="json")
+    assert config_differences(base, base) == []
+    diffs = config_differences(base, now)
+    assert "trainer.min_delta: 0.0 -> 0.001" in diffs and "trainer.num_threads: None -> 2" in diffs
+    assert any(d.startswith("name: ") for d in diffs)
+    assert config_differences(base, now, {"name", "trainer.num_threads"}) == ["trainer.min_delta: 0.0 -> 0.001"]
+    # a section missing from the saved config counts as different, not as an error
+    assert "trainer.min_delta: None -> 0.001" in config_differences({"name": "b"}, now)
+
+
+def test_resume_refuses_a_changed_config(tmp_path):
+    from dualattn.train.run import RunError, _check_resume_compatible
+
+    dump_config(build_config({"data": {"name": "x"}}), tmp_path / "config.yaml")
+    _check_resume_compatible(tmp_path, build_config({"data": {"name": "x"}, "trainer": {"max_epochs": 7}}))  # allowed
+    with pytest.raises(RunError, match=r"optim.lr: 0.001 -> 0.01"):
+        _check_resume_compatible(tmp_path, build_config({"data": {"name": "x"}, "optim": {"lr": 0.01}}))

@@ -6,6 +6,7 @@ error naming the field, raised before any data is loaded or any training starts.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -225,6 +226,24 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     except yaml.YAMLError as exc:
         raise ConfigError(f"config {path} is not valid YAML: {exc}") from exc
     return build_config(apply_overrides(raw, overrides), str(path))
+
+
+def config_differences(saved: dict[str, Any], now: dict[str, Any], ignore: Collection[str] = ()) -> list[str]:
+    """``["trainer.min_delta: 0.0 -> 0.001", ...]``: fields of the dumped config ``now`` that ``saved`` differs in.
+
+    Compares top-level fields and each section's fields (``section.key``; nested
+    values such as ``data.options`` as a whole); names in ``ignore`` are skipped.
+    """
+    diffs = []
+    for section, val in now.items():
+        if isinstance(val, dict):
+            old = saved.get(section) or {}
+            for k, v in val.items():
+                if f"{section}.{k}" not in ignore and old.get(k) != v:
+                    diffs.append(f"{section}.{k}: {old.get(k)!r} -> {v!r}")
+        elif section not in ignore and saved.get(section) != val:
+            diffs.append(f"{section}: {saved.get(section)!r} -> {val!r}")
+    return diffs
 
 
 def dump_config(cfg: RunConfig, path: str | Path) -> None:

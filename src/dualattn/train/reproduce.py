@@ -42,7 +42,7 @@ from typing import Any, Callable
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from dualattn.train.config import VARIANTS, ConfigError, RunConfig, apply_overrides, build_config
+from dualattn.train.config import VARIANTS, ConfigError, RunConfig, apply_overrides, build_config, config_differences
 
 BUILTIN_PROTOCOLS = {"quick": "reproduce-quick.yaml", "full": "reproduce-full.yaml", "paper": "reproduce-paper.yaml"}
 DEFAULT_RUN_ESTIMATE_S = 60.0
@@ -216,23 +216,12 @@ def plan_runs(
     return proto, runs
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-# Saved-config fields that do not change a finished run's result (paths, display, devices).
+# Saved-config fields that do not change a finished run's result (paths, display, threads).
 _IGNORED_WHEN_COMPARING = {"trainer.progress", "trainer.num_threads", "data.num_workers", "data.cache_dir", "data.root"}
 
 
-def config_differences(pr: PlannedRun) -> list[str]:
-    """``["trainer.min_delta: 0.0 (saved) != 0.001 (planned)", ...]`` for a run folder made with another config.
+def saved_config_differences(pr: PlannedRun) -> list[str]:
+    """``["trainer.min_delta: 0.0 -> 0.001", ...]`` (saved -> planned) for a run folder made with another config.
 
     Empty when the folder has no saved ``config.yaml`` or it matches the plan.
     """
@@ -242,13 +231,10 @@ def config_differences(pr: PlannedRun) -> list[str]:
     except (OSError, yaml.YAMLError):
         return []
     try:
-        saved = _flatten(RunConfig.model_validate(saved_raw).model_dump(mode="json"))
+        saved = RunConfig.model_validate(saved_raw).model_dump(mode="json")
     except ValidationError:
         return [f"{path} is not a valid run config"]
-    planned = _flatten(pr.cfg.model_dump(mode="json"))
-    return [f"{k}: {saved.get(k)!r} (saved) != {planned.get(k)!r} (planned)"
-            for k in sorted(set(saved) | set(planned))
-            if k not in _IGNORED_WHEN_COMPARING and saved.get(k) != planned.get(k)]
+    return config_differences(saved, pr.cfg.model_dump(mode="json"), _IGNORED_WHEN_COMPARING)
 
 
 def check_not_stale(runs: list[PlannedRun]) -> None:
@@ -256,13 +242,13 @@ def check_not_stale(runs: list[PlannedRun]) -> None:
 
     Otherwise a changed protocol (say, a new stopping rule) would silently mix old and new results.
     """
-    stale = [(pr, diff) for pr in runs if (diff := config_differences(pr))]
+    stale = [(pr, diff) for pr in runs if (diff := saved_config_differences(pr))]
     if stale:
         pr, diff = stale[0]
         raise ConfigError(
             f"{len(stale)} run folder(s) hold runs made with a different config than the protocol now plans, "
-            f"e.g. {pr.run_dir}: {'; '.join(diff[:3])}. Delete those folders to rerun them, or write to "
-            "another --out/--name.")
+            f"e.g. {pr.run_dir} (saved -> planned): {'; '.join(diff[:3])}. Delete those folders to rerun them, "
+            "or write to another --out/--name.")
 
 
 # --------------------------------------------------------------------------- #

@@ -32,17 +32,16 @@ from dualattn.train.callbacks import (
     SimulatedCrash,
     read_metrics_csv,
 )
-from dualattn.train.config import RunConfig, dump_config
+from dualattn.train.config import RunConfig, config_differences, dump_config
 from dualattn.train.data import Splits, load_splits, make_loader
 from dualattn.train.lock import RunDirLock, RunDirLocked, RunDirNotWritable
 from dualattn.train.metrics import PeakMemory, count_parameters, estimate_flops, head_redundancy, saved_activation_mb
 from dualattn.train.module import ClassifierModule, NonFiniteLossError
 
 # Fields that may differ between the saved config and a --resume invocation.
-RESUME_MUTABLE = {("trainer", "max_epochs"), ("trainer", "crash_after_epochs"), ("trainer", "crash_mode"),
-                  ("trainer", "progress"), ("trainer", "patience"), ("trainer", "min_delta"), ("trainer", "devices"), ("trainer", "num_nodes"),
-                  ("trainer", "strategy"), ("trainer", "ddp_backend"), ("trainer", "accelerator"),
-                  ("data", "num_workers"), ("data", "cache_dir"), ("data", "root")}
+RESUME_MUTABLE = {"name", "trainer.max_epochs", "trainer.crash_after_epochs", "trainer.crash_mode", "trainer.progress",
+                  "trainer.patience", "trainer.min_delta", "trainer.devices", "trainer.num_nodes", "trainer.strategy",
+                  "trainer.ddp_backend", "trainer.accelerator", "data.num_workers", "data.cache_dir", "data.root"}
 
 
 class RunError(RuntimeError):
@@ -82,15 +81,7 @@ def _check_resume_compatible(run_dir: Path, cfg: RunConfig) -> None:
     if not saved_path.is_file():
         return
     saved = yaml.safe_load(saved_path.read_text()) or {}
-    now = cfg.model_dump(mode="json")
-    diffs = []
-    for section, val in now.items():
-        if isinstance(val, dict):
-            for k, v in val.items():
-                if (section, k) not in RESUME_MUTABLE and saved.get(section, {}).get(k) != v:
-                    diffs.append(f"{section}.{k}: {saved.get(section, {}).get(k)!r} -> {v!r}")
-        elif saved.get(section) != val and section != "name":
-            diffs.append(f"{section}: {saved.get(section)!r} -> {val!r}")
+    diffs = config_differences(saved, cfg.model_dump(mode="json"), RESUME_MUTABLE)
     if diffs:
         raise RunError(f"--resume: config differs from the checkpointed run in {run_dir}: " + "; ".join(diffs))
 
