@@ -146,3 +146,29 @@ def test_cli_warns_about_uncertified_solves_and_strict_fails(config_file, tmp_pa
     (tmp_path / "run" / "results.jsonl").write_text('{"task": "digits"\n')
     bad = CliRunner().invoke(app, ["transfer", str(config_file), "--report-only"])
     assert bad.exit_code == 1 and "results.jsonl:1: not valid JSON" in bad.output
+
+
+def test_task_option_runs_one_task_and_processes_share_the_out_dir(tmp_path):
+    """`--task` runs a subset; a second run of the other task into the same out_dir keeps the first's records
+    and merges tasks.json (processes running different tasks can share one out_dir); unknown names are refused."""
+    cfg = dict(CONFIG, seeds=[0], out_dir=str(tmp_path / "run"), feature_cache=str(tmp_path / "features"),
+               heads=[{"name": "linear-probe", "kind": "baseline"}],
+               tasks=[dict(CONFIG["tasks"][0], widths=[2]),
+                      dict(CONFIG["tasks"][0], name="digits-clutter", widths=[2], n=60)])
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    first = CliRunner().invoke(app, ["transfer", str(path), "--task", "digits-clutter"])
+    assert first.exit_code == 0, first.output
+    assert {r.task for r in read_results(tmp_path / "run")} == {"digits-clutter"}
+    second = CliRunner().invoke(app, ["transfer", str(path), "--task", "digits"])
+    assert second.exit_code == 0, second.output
+    assert {r.task for r in read_results(tmp_path / "run")} == {"digits", "digits-clutter"}
+    from dualattn.transfer.records import read_tasks
+
+    assert set(read_tasks(tmp_path / "run")) == {"digits", "digits-clutter"}
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "| digits | linear-probe |" in report and "| digits-clutter | linear-probe |" in report
+    bad = CliRunner().invoke(app, ["transfer", str(path), "--task", "cifar"])
+    assert bad.exit_code != 0 and "cifar" in bad.output and "--task" in bad.output
+    with pytest.raises(ValueError, match="not in the config"):
+        run_transfer(load_config(path), tasks=["cifar"])

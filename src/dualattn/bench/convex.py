@@ -189,7 +189,8 @@ def scnn_available() -> tuple[bool, str]:
 
 
 def run_scnn(head, X, Y, beta: float, tol: float):
-    """scnn's R-FISTA on the same gated-ReLU program; returns ``(Z in our layout, seconds)``."""
+    """scnn's R-FISTA on the same gated-ReLU program, with as many BLAS threads as torch uses
+    for our solver; returns ``(Z in our layout, seconds)``."""
     import torch
     from scnn.metrics import Metrics
     from scnn.models import ConvexGatedReLU
@@ -202,10 +203,14 @@ def run_scnn(head, X, Y, beta: float, tol: float):
     model = ConvexGatedReLU(head.h.T.numpy().copy(), c=1)
     solver = RFISTA(model, max_iters=10**6, tol=tol)
     metrics = Metrics(objective=False, grad_norm=False, time=False)
-    t0 = time.perf_counter()
-    cm, _ = optimize_model(model, solver, metrics, Xn, yn, regularizer=NeuronGL1(beta / n),
-                           return_convex=True, unitize_data=False, dtype="float64")
-    elapsed = time.perf_counter() - t0
+    from threadpoolctl import threadpool_limits
+
+    # same thread count as our solver (numpy's BLAS would otherwise use every core)
+    with threadpool_limits(limits=torch.get_num_threads()):
+        t0 = time.perf_counter()
+        cm, _ = optimize_model(model, solver, metrics, Xn, yn, regularizer=NeuronGL1(beta / n),
+                               return_convex=True, unitize_data=False, dtype="float64")
+        elapsed = time.perf_counter() - t0
     # scnn drops duplicate/all-zero gate patterns and reorders the rest; map back by gate vector
     W = torch.as_tensor(np.asarray(cm.parameters[0]))  # (c=1, p', d)
     Gs = torch.as_tensor(np.asarray(cm.G))  # (d, p')

@@ -50,6 +50,8 @@ def transfer(
     report_only: bool = typer.Option(False, "--report-only", help="only rebuild report.md from results.jsonl"),
     strict: bool = typer.Option(False, "--strict", help="exit with status 3 when a convex solve is not certified "
                                                         "to certify_tol (the report is written first)"),
+    tasks: list[str] = typer.Option(None, "--task", help="run only this task of the config (repeatable); "
+                                    "processes running different tasks may share one out_dir"),
 ) -> None:
     """Fit convex and baseline heads on frozen backbone features; write a report."""
     from pydantic import ValidationError
@@ -64,8 +66,12 @@ def transfer(
         raise typer.Exit(2) from e
     if out_dir:
         cfg.out_dir = out_dir
+    unknown = [t for t in tasks or [] if t not in {tc.name for tc in cfg.tasks}]
+    if unknown:
+        raise typer.BadParameter(f"{unknown} not in {config} (its tasks: {[tc.name for tc in cfg.tasks]})",
+                                 param_hint="--task")
     try:
-        path = write_report(cfg.out_dir) if report_only else run_transfer(cfg) / "report.md"
+        path = write_report(cfg.out_dir) if report_only else run_transfer(cfg, tasks=tasks) / "report.md"
     except (RecordError, FileNotFoundError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from e

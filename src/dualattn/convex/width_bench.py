@@ -110,16 +110,16 @@ def run_isolated(case: WidthCase) -> dict:
 def default_cases(quick: bool = False) -> list[WidthCase]:
     """The issue's targets (d=64: n=2000, s=8, c=10, both losses; d=384: n=1000, s=10, c=10 and 100,
     cross-entropy) and the sweep d = 8 ... 128 (n=1000, s=10, c=10, cross-entropy) with time caps
-    that keep the whole run near 10-12 minutes."""
+    (the whole run takes about 25-35 minutes on 2 cores)."""
     cases = [WidthCase(64, 2000, 8, 10, "squared", "factorised", max_time=170, targets="randn"),
              WidthCase(64, 2000, 8, 10, "squared", "factorised", max_time=170),
              WidthCase(64, 2000, 8, 10, "cross_entropy", "factorised", max_time=170),
-             WidthCase(384, 1000, 10, 10, "cross_entropy", "factorised", max_time=100),
-             WidthCase(384, 1000, 10, 100, "cross_entropy", "factorised", max_time=100)]
+             WidthCase(384, 1000, 10, 10, "cross_entropy", "factorised", max_time=600),
+             WidthCase(384, 1000, 10, 100, "cross_entropy", "factorised", max_time=600)]
     for d in (8, 16, 32):
         for solver in ("fista", "factorised"):
             cases.append(WidthCase(d, 1000, 10, 10, "cross_entropy", solver, max_time=60))
-    cases.append(WidthCase(128, 1000, 10, 10, "cross_entropy", "factorised", max_time=45))
+    cases.append(WidthCase(128, 1000, 10, 10, "cross_entropy", "factorised", max_time=300))
     if quick:
         cases = [WidthCase(d, 200, 6, 3, "cross_entropy", s, max_time=20) for d in (4, 8) for s in ("fista", "factorised")]
     return cases

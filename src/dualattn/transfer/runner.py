@@ -184,10 +184,21 @@ def _labels(pred) -> np.ndarray:
     return p.argmax(1) if p.ndim == 2 else p
 
 
-def run_transfer(cfg: TransferConfig | str | Path, *, report: bool = True, console=None) -> Path:
-    """Run every (task, seed, head, width) not yet in ``out_dir/results.jsonl``; write the report; return out_dir."""
+def run_transfer(cfg: TransferConfig | str | Path, *, report: bool = True, console=None,
+                 tasks: list[str] | None = None) -> Path:
+    """Run every (task, seed, head, width) not yet in ``out_dir/results.jsonl``; write the report; return out_dir.
+
+    ``tasks``: run only these tasks of the config (e.g. one task per process, all writing to the
+    same ``out_dir``: records are appended line by line and ``tasks.json`` is merged, not overwritten).
+    """
     if not isinstance(cfg, TransferConfig):
         cfg = load_config(cfg)
+    if tasks:
+        names = [tc.name for tc in cfg.tasks]
+        unknown = [t for t in tasks if t not in names]
+        if unknown:
+            raise ValueError(f"tasks: {unknown} not in the config (its tasks: {names})")
+        cfg = cfg.model_copy(update={"tasks": [tc for tc in cfg.tasks if tc.name in tasks]})
     from rich.console import Console
 
     console = console or Console(stderr=True)
@@ -238,7 +249,7 @@ class _Run:
             torch.set_num_threads(cfg.head_threads)
             C = info["dim_raw"]
             tasks_info[tc.name] = TaskInfo(**info, tokens=tc.tokens, widths=tc.resolve_widths(C))
-            write_tasks(out, tasks_info)
+            write_tasks(out, {**read_tasks(out), tc.name: tasks_info[tc.name]})  # other processes' tasks stay
             self._run_task(tc, task, fs, C)
 
     def _plan(self, tc: TaskConfig, C: int) -> list[tuple[HeadConfig, int]]:

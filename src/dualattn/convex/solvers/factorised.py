@@ -219,7 +219,7 @@ def factorised(
     rel = gap = math.inf
     bar = tqdm(total=max_outer, disable=not verbose, desc="factorised", leave=False)
 
-    lbfgs = None
+    lbfgs, warm = None, None
     for outer in range(1, max_outer + 1):
         # ---- 1. L-BFGS at fixed rank (its memory is kept until the rank changes)
         if A.shape[2] > 0:
@@ -237,7 +237,8 @@ def factorised(
             best = {"primal": primal, "A": A, "B": B}
         M = op.adjoint_operator(lam)
         k_est = min(check_steps, M.small_side)
-        sig, Uv, Vv = M.top_pairs(k_est, num=grow, seed=seed + outer)
+        sig, Uv, Vv = M.top_pairs(k_est, num=grow, seed=seed + outer, start=warm)
+        warm = (Uv[:, :, 0], Vv[:, :, 0])  # the top pair moves little between outer iterations
         sig_max = float(sig[:, 0].max())
         est_dual = global_dual_value(loss, lam, Y, beta / sig_max if sig_max > 0 else math.inf, comm)
         est_rel = relative_gap(max(best["primal"] - max(est_dual, best_dual), 0.0), best["primal"])
