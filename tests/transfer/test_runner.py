@@ -172,3 +172,21 @@ def test_task_option_runs_one_task_and_processes_share_the_out_dir(tmp_path):
     assert bad.exit_code != 0 and "cifar" in bad.output and "--task" in bad.output
     with pytest.raises(ValueError, match="not in the config"):
         run_transfer(load_config(path), tasks=["cifar"])
+
+
+def test_head_option_runs_only_those_heads_and_resolves_beta_from(tmp_path):
+    """`--head` runs a subset of heads; a twin whose beta comes from an unselected head still gets that
+    head's validated beta (the selection is made and stored); unknown head names are refused."""
+    cfg = dict(CONFIG, seeds=[0], out_dir=str(tmp_path / "run"), feature_cache=str(tmp_path / "features"),
+               tasks=[dict(CONFIG["tasks"][0], widths=[2])],
+               heads=[dict(h, widths=[2]) if "widths" in h else h for h in CONFIG["heads"]])
+    path = tmp_path / "heads.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = CliRunner().invoke(app, ["transfer", str(path), "--head", "adam:linear", "--head", "linear-probe"])
+    assert res.exit_code == 0, res.output
+    records = read_results(tmp_path / "run")
+    assert {r.head for r in records} == {"adam:linear", "linear-probe"}
+    sels = {s.head: s for s in read_beta_selections(tmp_path / "run")}
+    assert {r.beta for r in records if r.head == "adam:linear"} == {sels["convex:linear"].beta}
+    bad = CliRunner().invoke(app, ["transfer", str(path), "--head", "lasso"])
+    assert bad.exit_code != 0 and "lasso" in bad.output and "--head" in bad.output

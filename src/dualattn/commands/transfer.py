@@ -52,6 +52,8 @@ def transfer(
                                                         "to certify_tol (the report is written first)"),
     tasks: list[str] = typer.Option(None, "--task", help="run only this task of the config (repeatable); "
                                     "processes running different tasks may share one out_dir"),
+    heads: list[str] = typer.Option(None, "--head", help="run only this head of the config (repeatable); "
+                                    "processes running different heads may share one out_dir"),
 ) -> None:
     """Fit convex and baseline heads on frozen backbone features; write a report."""
     from pydantic import ValidationError
@@ -66,12 +68,13 @@ def transfer(
         raise typer.Exit(2) from e
     if out_dir:
         cfg.out_dir = out_dir
-    unknown = [t for t in tasks or [] if t not in {tc.name for tc in cfg.tasks}]
-    if unknown:
-        raise typer.BadParameter(f"{unknown} not in {config} (its tasks: {[tc.name for tc in cfg.tasks]})",
-                                 param_hint="--task")
+    for opt, chosen, names in (("--task", tasks, [tc.name for tc in cfg.tasks]),
+                               ("--head", heads, [hc.name for hc in cfg.heads])):
+        unknown = [t for t in chosen or [] if t not in names]
+        if unknown:
+            raise typer.BadParameter(f"{unknown} not in {config} (its choices: {names})", param_hint=opt)
     try:
-        path = write_report(cfg.out_dir) if report_only else run_transfer(cfg, tasks=tasks) / "report.md"
+        path = write_report(cfg.out_dir) if report_only else run_transfer(cfg, tasks=tasks, heads=heads) / "report.md"
     except (RecordError, FileNotFoundError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from e

@@ -185,26 +185,30 @@ def _labels(pred) -> np.ndarray:
 
 
 def run_transfer(cfg: TransferConfig | str | Path, *, report: bool = True, console=None,
-                 tasks: list[str] | None = None) -> Path:
+                 tasks: list[str] | None = None, heads: list[str] | None = None) -> Path:
     """Run every (task, seed, head, width) not yet in ``out_dir/results.jsonl``; write the report; return out_dir.
 
-    ``tasks``: run only these tasks of the config (e.g. one task per process, all writing to the
-    same ``out_dir``: records are appended line by line and ``tasks.json`` is merged, not overwritten).
+    ``tasks`` / ``heads``: run only these tasks / heads of the config (e.g. one task per process,
+    all writing to the same ``out_dir``: records are appended line by line and ``tasks.json`` is
+    merged, not overwritten).  A head whose beta comes from another head (``beta_from``) reuses
+    that head's stored selection, or makes it if it is not stored yet.
     """
     if not isinstance(cfg, TransferConfig):
         cfg = load_config(cfg)
-    if tasks:
-        names = [tc.name for tc in cfg.tasks]
-        unknown = [t for t in tasks if t not in names]
+    for what, chosen, names in (("tasks", tasks, [tc.name for tc in cfg.tasks]),
+                                ("heads", heads, [hc.name for hc in cfg.heads])):
+        unknown = [t for t in chosen or [] if t not in names]
         if unknown:
-            raise ValueError(f"tasks: {unknown} not in the config (its tasks: {names})")
+            raise ValueError(f"{what}: {unknown} not in the config (its {what}: {names})")
+    if tasks:
         cfg = cfg.model_copy(update={"tasks": [tc for tc in cfg.tasks if tc.name in tasks]})
+    only_heads = set(heads) if heads else None
     from rich.console import Console
 
     console = console or Console(stderr=True)
     threads_before = torch.get_num_threads()
     try:
-        _Run(cfg, console).run()
+        _Run(cfg, console, only_heads).run()
     finally:
         torch.set_num_threads(threads_before)
     out = Path(cfg.out_dir)
@@ -226,8 +230,9 @@ def head_widths(hc: HeadConfig, tc: TaskConfig, full_width: int) -> list[int]:
 class _Run:
     """One ``run_transfer`` call: resumable state (finished records, beta selections) and the loops."""
 
-    def __init__(self, cfg: TransferConfig, console):
+    def __init__(self, cfg: TransferConfig, console, only_heads: set[str] | None = None):
         self.cfg, self.console = cfg, console
+        self.only_heads = only_heads  # None: every head; beta_from still resolves to any head of the config
         self.out = Path(cfg.out_dir)
         self.results_path = self.out / "results.jsonl"
         self.by_name = {h.name: h for h in cfg.heads}
@@ -253,7 +258,8 @@ class _Run:
             self._run_task(tc, task, fs, C)
 
     def _plan(self, tc: TaskConfig, C: int) -> list[tuple[HeadConfig, int]]:
-        return [(hc, w) for hc in self.cfg.heads for w in head_widths(hc, tc, C)]
+        return [(hc, w) for hc in self.cfg.heads for w in head_widths(hc, tc, C)
+                if self.only_heads is None or hc.name in self.only_heads]
 
     def _todo(self, tc: TaskConfig, C: int) -> list[tuple[int, HeadConfig, int]]:
         return [(s, hc, w) for s in self.cfg.seeds for hc, w in self._plan(tc, C)
