@@ -166,6 +166,8 @@ def test_task_option_runs_one_task_and_processes_share_the_out_dir(tmp_path):
     from dualattn.transfer.records import read_tasks
 
     assert set(read_tasks(tmp_path / "run")) == {"digits", "digits-clutter"}
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert [t["name"] for t in saved["tasks"]] == ["digits", "digits-clutter"]  # the whole config, not the subset
     report = (tmp_path / "run" / "report.md").read_text()
     assert "| digits | linear-probe |" in report and "| digits-clutter | linear-probe |" in report
     bad = CliRunner().invoke(app, ["transfer", str(path), "--task", "cifar"])

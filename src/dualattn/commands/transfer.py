@@ -60,6 +60,7 @@ def transfer(
 
     from dualattn.transfer import RecordError, load_config, read_beta_selections, read_results, run_transfer
     from dualattn.transfer.report import not_certified, write_report
+    from dualattn.transfer.runner import unknown_choices
 
     try:
         cfg = load_config(config)
@@ -68,11 +69,8 @@ def transfer(
         raise typer.Exit(2) from e
     if out_dir:
         cfg.out_dir = out_dir
-    for opt, chosen, names in (("--task", tasks, [tc.name for tc in cfg.tasks]),
-                               ("--head", heads, [hc.name for hc in cfg.heads])):
-        unknown = [t for t in chosen or [] if t not in names]
-        if unknown:
-            raise typer.BadParameter(f"{unknown} not in {config} (its choices: {names})", param_hint=opt)
+    for what, unknown, names in unknown_choices(cfg, tasks, heads):
+        raise typer.BadParameter(f"{unknown} not in {config} (its choices: {names})", param_hint=f"--{what[:-1]}")
     try:
         path = write_report(cfg.out_dir) if report_only else run_transfer(cfg, tasks=tasks, heads=heads) / "report.md"
     except (RecordError, FileNotFoundError) as e:

@@ -85,8 +85,8 @@ def lanczos(apply_H: Callable[[Tensor], Tensor], P: int, N: int, k: int, *, dtyp
         if tuple(start.shape) != (P, N):
             raise ValueError(f"start must have shape (P={P}, N={N}), got {tuple(start.shape)}")
         s0 = start.to(device=device, dtype=dtype)
-        s0 = s0 / s0.norm(dim=1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
-        q = torch.where(start.norm(dim=1, keepdim=True) > 0, s0 + 1e-3 * q / q.norm(dim=1, keepdim=True), q)
+        n0 = s0.norm(dim=1, keepdim=True)  # a zero row keeps its random start
+        q = torch.where(n0 > 0, s0 / n0.clamp_min(torch.finfo(dtype).tiny) + 1e-3 * q / q.norm(dim=1, keepdim=True), q)
     q = q / q.norm(dim=1, keepdim=True)
     scale = torch.zeros(P, dtype=dtype, device=device)
     for j in range(k):

@@ -195,20 +195,14 @@ def run_transfer(cfg: TransferConfig | str | Path, *, report: bool = True, conso
     """
     if not isinstance(cfg, TransferConfig):
         cfg = load_config(cfg)
-    for what, chosen, names in (("tasks", tasks, [tc.name for tc in cfg.tasks]),
-                                ("heads", heads, [hc.name for hc in cfg.heads])):
-        unknown = [t for t in chosen or [] if t not in names]
-        if unknown:
-            raise ValueError(f"{what}: {unknown} not in the config (its {what}: {names})")
-    if tasks:
-        cfg = cfg.model_copy(update={"tasks": [tc for tc in cfg.tasks if tc.name in tasks]})
-    only_heads = set(heads) if heads else None
+    for what, unknown, names in unknown_choices(cfg, tasks, heads):
+        raise ValueError(f"{what}: {unknown} not in the config (its {what}: {names})")
     from rich.console import Console
 
     console = console or Console(stderr=True)
     threads_before = torch.get_num_threads()
     try:
-        _Run(cfg, console, only_heads).run()
+        _Run(cfg, console, set(tasks) if tasks else None, set(heads) if heads else None).run()
     finally:
         torch.set_num_threads(threads_before)
     out = Path(cfg.out_dir)
@@ -216,6 +210,17 @@ def run_transfer(cfg: TransferConfig | str | Path, *, report: bool = True, conso
         from dualattn.transfer.report import write_report
 
         write_report(out)
+    return out
+
+
+def unknown_choices(cfg: TransferConfig, tasks: list[str] | None, heads: list[str] | None):
+    """``[(what, unknown names, the config's names)]`` for ``what`` in ``"tasks"``, ``"heads"`` (empty: all known)."""
+    out = []
+    for what, chosen, names in (("tasks", tasks, [tc.name for tc in cfg.tasks]),
+                                ("heads", heads, [hc.name for hc in cfg.heads])):
+        unknown = [t for t in chosen or [] if t not in names]
+        if unknown:
+            out.append((what, unknown, names))
     return out
 
 
@@ -230,9 +235,11 @@ def head_widths(hc: HeadConfig, tc: TaskConfig, full_width: int) -> list[int]:
 class _Run:
     """One ``run_transfer`` call: resumable state (finished records, beta selections) and the loops."""
 
-    def __init__(self, cfg: TransferConfig, console, only_heads: set[str] | None = None):
+    def __init__(self, cfg: TransferConfig, console, only_tasks: set[str] | None = None,
+                 only_heads: set[str] | None = None):
         self.cfg, self.console = cfg, console
-        self.only_heads = only_heads  # None: every head; beta_from still resolves to any head of the config
+        # None: every task / head; config.yaml keeps the whole config, beta_from resolves to any head of it
+        self.only_tasks, self.only_heads = only_tasks, only_heads
         self.out = Path(cfg.out_dir)
         self.results_path = self.out / "results.jsonl"
         self.by_name = {h.name: h for h in cfg.heads}
@@ -246,6 +253,8 @@ class _Run:
         tasks_info = read_tasks(out)
         cache_root = feature_cache_root(cfg)
         for tc in cfg.tasks:
+            if self.only_tasks is not None and tc.name not in self.only_tasks:
+                continue
             known = tasks_info.get(tc.name)
             if known is not None and known.backbone == tc.backbone and not self._todo(tc, known.dim_raw):
                 continue
