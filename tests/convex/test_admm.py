@@ -14,6 +14,8 @@ HEADS = [
     ("mixer-linear", {}, 4, 3),
     ("mixer-gated", {"num_gates": 2}, 3, 2),
     ("fno", {}, 6, 3),
+    ("mlp-gated", {"num_gates": 3}, 1, 3),  # s = 1: masked features (scnn's problem)
+    ("mlp-gated", {"num_gates": 3}, 3, 3),
 ]
 
 
@@ -83,8 +85,12 @@ def test_refuses_unsupported_losses_heads_and_options(make_data):
     with pytest.raises(ValueError, match="squared-loss"):
         fit("linear", X, y, 0.1, loss="cross_entropy", solver="admm")
     X, y = make_data(n=12, s=1, d=3, c=2, seed=5)
+    with pytest.raises(ValueError, match="head 'mlp-relu-cone' has cone constraints: use solver='auglag'"):
+        fit("mlp-relu-cone", X, y[:, :1], 0.1, solver="admm")
+    gated = get_head("mlp-gated", num_gates=2).setup(3, 2)
+    gated.name = "my-head"  # a head admm was not written for
     with pytest.raises(ValueError, match="admm supports heads"):
-        fit("mlp-gated", X, y, 0.1, solver="admm")
+        admm(gated, X, y, get_loss("squared"), 0.1)
     with pytest.raises(ValueError, match="check_every"):
         fit("linear", X, y, 0.1, solver="admm", check_every=0)
     with pytest.raises(ValueError, match="mode"):

@@ -177,7 +177,7 @@ def test_choose_solver():
     assert choose_solver(big, 2000, 8, 64, 10, "squared") in ("factorised",)
     small_sq = choose_solver(lin, 1000, 10, 8, 10, "squared")
     assert small_sq == "admm"
-    mlp = get_head("mlp-gated").setup(8, 10)  # a head admm does not support: not routed there
+    mlp = get_head("mlp-gated").setup(8, 10)  # group lasso: admm supports it, but FISTA's steps are cheaper
     assert choose_solver(mlp, 1000, 10, 8, 10, "squared") == "fista"
     assert choose_solver(lin, 100_000, 10, 8, 10, "squared") == "admm"  # Gram step: order r = 288, not n
     fno = get_head("fno").setup(384, 100, s=10)

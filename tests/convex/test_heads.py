@@ -22,15 +22,18 @@ def _setup(name, d=3, c=2, n=7, s=4, seed=0):
 def test_registry_has_core_heads():
     for name in MINE:
         assert name in HEADS and issubclass(HEADS[name], ConvexHead)
+    # every head reports its own registered name (subclasses of a registered head too: mlp-relu, mlp-relu-cone)
+    assert all(cls.name == name for name, cls in HEADS.items())
     with pytest.raises(ValueError, match="unknown head"):
         get_head("nope")
     with pytest.raises(TypeError, match="ConvexHead subclass"):
         register_head("x")(int)
 
 
-@pytest.mark.parametrize("name", list(MINE))
-def test_apply_linear_and_adjoint(name):
-    head, X, Z, V = _setup(name)
+@pytest.mark.parametrize("name,s", [(name, 4) for name in MINE] + [("mlp-gated", 1), ("mlp-relu", 1)])
+def test_apply_linear_and_adjoint(name, s):
+    """(s = 1: the MLP heads keep x and the gate mask instead of M; same operator.)"""
+    head, X, Z, V = _setup(name, s=s)
     f = head.features(X)
     Z2 = torch.randn_like(Z)
     assert torch.allclose(head.apply(2 * Z - 3 * Z2, f), 2 * head.apply(Z, f) - 3 * head.apply(Z2, f), atol=1e-10)
@@ -166,3 +169,20 @@ def test_attention_preacts_match_explicit_rows():
     X = torch.randn(4, 3, 2, generator=g, dtype=torch.float64)
     W = torch.randn(5, 4, generator=g, dtype=torch.float64)
     assert torch.allclose(attention_preacts(X, W), rows_preacts(attention_constraints)(X, W), atol=1e-12)
+
+
+@pytest.mark.parametrize("name,s", [("mlp-gated", 1), ("mlp-gated", 4), ("mixer-linear", 4), ("linear", 4)])
+def test_channel_features_are_the_design_rows(name, s):
+    """``channel_features`` (used by admm) is ``Phi`` with ``A(Z)_i[e] = <Phi_i, Z.reshape(-1, c)[:, e]>``."""
+    opts = {"num_gates": 4} if name == "mlp-gated" else {}
+    head = get_head(name, **opts).setup(3, 2, s=s) if name == "mixer-linear" else get_head(name, **opts).setup(3, 2)
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(7, s, 3, generator=g, dtype=torch.float64)
+    Z = torch.randn(head.variable_shape(), generator=g, dtype=torch.float64)
+    f = head.features(X)
+    Phi = head.channel_features(f)
+    if name == "linear":  # no ready-made matrix: admm builds it column by column
+        assert Phi is None
+        return
+    assert Phi.shape == (7, Z.numel() // 2)
+    assert torch.allclose(Phi @ Z.reshape(-1, 2), head.apply(Z, f), atol=1e-12)

@@ -245,7 +245,7 @@ def bench_attention(cfg, rows: list, console) -> None:
             f, secs = run_fista(head, X, Y, beta, tol=TARGET, max_time=cfg.timeout)
             obj, rel = score(f.Z)
             rows.append(row(**base, solver="fista (ours)", status=f.status, time_s=secs, objective=obj,
-                            rel_gap=rel, iterations=f.iterations))
+                            rel_gap=rel, iterations=f.iterations, note=f"solver={f.solver}"))
             console.print(f"attention d={d} n={n}: fista {secs:.2f}s rel={rel:.1e} ({f.status})")
             feats = score.op.full_features()
             for solver in cfg.cvxpy_solvers:
@@ -284,7 +284,7 @@ def bench_mlp(cfg, rows: list, console) -> None:
         f, secs = run_fista(head, X, Y, beta, tol=TARGET, max_time=cfg.timeout)
         obj, rel = score(f.Z)
         rows.append(row(**base, solver="fista (ours)", status=f.status, time_s=secs, objective=obj, rel_gap=rel,
-                        iterations=f.iterations))
+                        iterations=f.iterations, note=f"solver={f.solver}"))
         console.print(f"mlp n={n}: fista {secs:.2f}s rel={rel:.1e}")
         if not ok:
             rows.append(row(**base, solver="scnn r-fista", status="skipped", note="pyscnn not importable"))

@@ -41,6 +41,8 @@ SOLVERS = ("auto", "fista", "factorised", "admm", "cvxpy", "auglag")
 #: ``choose_solver`` thresholds: dense-``Z`` bytes for the squared-loss fast path, and
 #: flops of one batched SVD of ``Z`` (``P p q min(p, q)``) up to which dense FISTA is used
 ADMM_MAX_BYTES = 2**26
+#: heads ``"auto"`` sends to ``admm`` for squared loss (``admm`` itself supports ``ADMM_HEADS``)
+ADMM_AUTO_HEADS = ("linear", "gated", "relu", "mixer-linear", "mixer-gated", "fno")
 FISTA_MAX_SVD_FLOPS = 2e7
 
 
@@ -50,7 +52,10 @@ def choose_solver(head: ConvexHead, n: int, s: int, d: int, c: int, loss: str | 
 
     * heads with cone constraints (``mlp-relu-cone``): ``"auglag"`` (the only valid one);
     * data-parallel (``torch.distributed`` initialised): ``"factorised"``;
-    * squared loss, a head ``admm`` supports, a dense ``Z`` of at most ``ADMM_MAX_BYTES`` (64 MiB)
+    * squared loss, a head in ``ADMM_AUTO_HEADS`` (the attention, mixer and FNO heads; ``admm``
+      also solves the MLP heads, but there FISTA's steps are two cheap products and it is
+      faster than building the ``P d x P d`` Gram: ``benchmarks/results/convex_solvers.csv``,
+      scnn's problem), a dense ``Z`` of at most ``ADMM_MAX_BYTES`` (64 MiB)
       and a least-squares system of order ``min(n, r) <= admm.MAX_DIM`` (8000; ``r`` = the
       symmetric-reduced dimension, ``P d^2 (d+1)/2`` for the attention heads), whose Woodbury
       step (``n < r``) keeps at most 256 MiB of ``n x r`` features: ``"admm"`` (exact
@@ -77,7 +82,7 @@ def choose_solver(head: ConvexHead, n: int, s: int, d: int, c: int, loss: str | 
     dense_bytes = P * p * q * itemsize
     name = loss if isinstance(loss, str) else loss.name
     order, features = admm_system_size(head, n)
-    if (name == "squared" and head.name in ADMM_HEADS and dense_bytes <= ADMM_MAX_BYTES
+    if (name == "squared" and head.name in ADMM_AUTO_HEADS and dense_bytes <= ADMM_MAX_BYTES
             and order <= ADMM_MAX_DIM and features * itemsize <= 4 * ADMM_MAX_BYTES):
         return "admm"
     if P * p * q * min(p, q) <= FISTA_MAX_SVD_FLOPS or type(head).factored_apply is ConvexHead.factored_apply:

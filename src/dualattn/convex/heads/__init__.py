@@ -30,7 +30,7 @@ def register_head(name: str):
         if name in HEADS and HEADS[name] is not cls:
             raise ValueError(f"head name {name!r} already registered by {HEADS[name].__name__}")
         HEADS[name] = cls
-        if cls.name == ConvexHead.name:
+        if "name" not in vars(cls):  # a subclass of a registered head gets its own name, not its parent's
             cls.name = name
         return cls
 

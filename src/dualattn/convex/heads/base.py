@@ -283,6 +283,12 @@ class ConvexHead(abc.ABC):
         """A ``torch.nn.Module`` computing :meth:`nonconvex_forward` with ``weights``."""
         return NonconvexHead(self, weights)
 
+    def channel_features(self, feats: dict[str, Tensor]) -> Tensor | None:
+        """``Phi (n, numel(Z) / c)`` with ``A(Z)_i[e] = <Phi_i, Z.reshape(-1, c)[:, e]>``, when the
+        head's features already are that matrix (``admm`` then skips building it column by column,
+        one ``apply`` per column); ``None`` otherwise."""
+        return None
+
     def fit_report(self, fit) -> dict[str, Any]:
         """Extra scalars stored in ``ConvexFit.info`` after a solve (e.g. rank, constraint violation)."""
         a, _, _ = fit.head_factors()

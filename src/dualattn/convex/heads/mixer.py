@@ -92,6 +92,10 @@ class MixerLinearHead(_MixerBase):
         """``A^*(V)[u, e*c+k] = sum_i X_i[u,e] V_i[k] / sqrt(s)``."""
         return (feats["x"].transpose(0, 1) @ V).reshape(self.variable_shape())
 
+    def channel_features(self, feats: dict[str, Tensor]) -> Tensor:
+        """``X / sqrt(s)`` flattened: ``A(Z)_i = x_i^T Z.reshape(s*d, c)``."""
+        return feats["x"]
+
     def unlift(self, a: Tensor, b: Tensor, gate: Tensor) -> Weights:
         """``W1j = 1 a_j^T / sqrt(s)`` (``||W1j|| = ||a_j||``), ``W2j = reshape(b_j, (d, c))``."""
         s = self._require_s()

@@ -65,17 +65,44 @@ class GatedMLPHead(ConvexHead):
         return (self.num_gates, self.d, self.c)
 
     def features(self, X: Tensor) -> dict[str, Tensor]:
-        """``M (n, P*d)``: ``M[g] = (1/s) sum_t 1{x_t^T h_g >= 0} x_t``."""
+        """``M (n, P*d)``: ``M[g] = (1/s) sum_t 1{x_t^T h_g >= 0} x_t``.
+
+        With one token (``s = 1``, scnn's MLP on vectors) the features are kept as ``x (n, d)``
+        and the gate mask ``D (n, P)`` instead: ``A(Z)_i = sum_g D_ig x_i^T Z_g`` then costs
+        one ``(n, d) x (d, P c)`` product that stays in cache, where ``M`` (``n P d`` numbers)
+        would be streamed from memory on every product.
+        """
         X = X.to(device=self.device, dtype=self.dtype)
         D = (X @ self.h.T >= 0).to(X.dtype)  # (n, s, P)
+        if X.shape[1] == 1:
+            return {"x": X[:, 0], "D": D[:, 0]}
         M = torch.einsum("nsg,nsd->ngd", D, X) / X.shape[1]
         return {"M": M.reshape(X.shape[0], -1)}
 
     def apply(self, Z: Tensor, feats: dict[str, Tensor]) -> Tensor:
-        return feats["M"] @ Z.reshape(-1, self.c)
+        """``A(Z)_i[k] = sum_{g,a} M_i[g, a] Z[g, a, k]`` (``= sum_g D_ig x_i^T Z[g, :, k]`` for ``s = 1``)."""
+        if "M" in feats:
+            return feats["M"] @ Z.reshape(-1, self.c)
+        x, D = feats["x"], feats["D"]
+        P, c = self.num_gates, self.c
+        XZ = x @ Z.permute(1, 0, 2).reshape(self.d, P * c)  # (n, P c): x_i^T Z_g
+        return (XZ.view(-1, P, c) * D[:, :, None]).sum(dim=1)
 
     def adjoint(self, V: Tensor, feats: dict[str, Tensor]) -> Tensor:
-        return (feats["M"].transpose(0, 1) @ V).reshape(self.num_gates, self.d, self.c)
+        """``A^*(V)[g, a, k] = sum_i M_i[g, a] V_i[k]`` (``= sum_i D_ig x_ia V_ik`` for ``s = 1``)."""
+        P, c = self.num_gates, self.c
+        if "M" in feats:
+            return (feats["M"].transpose(0, 1) @ V).reshape(P, self.d, c)
+        x, D = feats["x"], feats["D"]
+        DV = (D[:, :, None] * V[:, None, :]).reshape(-1, P * c)  # (n, P c)
+        return (x.transpose(0, 1) @ DV).view(self.d, P, c).permute(1, 0, 2).contiguous()
+
+    def channel_features(self, feats: dict[str, Tensor]) -> Tensor:
+        """``M`` (formed from ``x`` and ``D`` for ``s = 1``): ``A(Z)_i = M_i^T Z.reshape(P*d, c)``."""
+        if "M" in feats:
+            return feats["M"]
+        x, D = feats["x"], feats["D"]
+        return (D[:, :, None] * x[:, None, :]).reshape(x.shape[0], -1)
 
     def unlift(self, a: Tensor, b: Tensor, gate: Tensor) -> Weights:
         return {"W1": a.contiguous(), "W2": b.contiguous(), "h": self.h[gate].clone()}

@@ -62,7 +62,7 @@ from dualattn.convex.operator import ChunkedOperator
 from dualattn.convex.solvers.result import SolveResult, certificate, relative_gap
 
 #: heads whose ``A_X`` is channel separable (checked numerically at set-up as well)
-ADMM_HEADS = ("linear", "gated", "relu", "mixer-linear", "mixer-gated", "fno")
+ADMM_HEADS = ("linear", "gated", "relu", "mixer-linear", "mixer-gated", "fno", "mlp-gated", "mlp-relu")
 #: heads whose features are symmetric in the (k, l) indices of ``X^T X``
 SYMMETRIC_HEADS = ("linear", "gated", "relu")
 #: default largest matrix order ``admm`` factorises (``max_dim``)
@@ -140,6 +140,10 @@ def reduced_features(op: ChunkedOperator, basis: _Basis, feats: dict) -> Tensor:
     """``Phi_r = Phi Q (n_chunk, r)``: column ``j`` is ``A`` applied to basis vector ``Q e_j`` placed
     in one output channel; ``c`` columns per ``apply`` (one per channel)."""
     head, c = op.head, op.c
+    if basis.identity:
+        Phi = head.channel_features(feats)
+        if Phi is not None:
+            return Phi.to(dtype=op.dtype, device=op.device)
     shape = head.variable_shape()
     n = next(iter(feats.values())).shape[0]
     out = torch.empty(n, basis.r, dtype=op.dtype, device=op.device)
