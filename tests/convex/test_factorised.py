@@ -128,6 +128,32 @@ def test_factored_operator_matches_dense_adjoint():
         torch.testing.assert_close(op.adjoint_operator(lam).dense(batch=5), M)
 
 
+@pytest.mark.parametrize("head,opts", HEADS)
+def test_explicit_factored_products_match_dense(head, opts):
+    """Each head's factored_vjp / adjoint_matmul / adjoint_rmatmul (explicit or autograd default)
+    equal the dense products ``A_X(A B^T)``, ``(M B, M^T A)``, ``M W`` and ``M^T U`` with ``M = A_X^*(lam)``."""
+    X, _ = _data("squared", n=7, s=5, d=3, c=2, seed=5)
+    g = torch.Generator().manual_seed(11)
+    h = get_head(head, **opts).setup(3, 2)
+    h.check_X(X)
+    P, p, q = h.variable_shape()
+    A = torch.randn(P, p, 3, generator=g, dtype=torch.float64)
+    B = torch.randn(P, q, 3, generator=g, dtype=torch.float64)
+    lam = torch.randn(7, 2, generator=g, dtype=torch.float64)
+    feats = h.factored_features(X)
+    M = h.adjoint(lam, h.features(X))
+    out, vjp = h.factored_vjp(A, B, feats)
+    torch.testing.assert_close(out, h.forward(A @ B.transpose(1, 2), X))
+    torch.testing.assert_close(h.factored_apply(A, B, feats), out)
+    dA, dB = vjp(lam)
+    torch.testing.assert_close(dA, M @ B)
+    torch.testing.assert_close(dB, M.transpose(1, 2) @ A)
+    W = torch.randn(P, q, 4, generator=g, dtype=torch.float64)
+    U = torch.randn(P, p, 4, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(h.adjoint_matmul(lam, W, feats), M @ W)
+    torch.testing.assert_close(h.adjoint_rmatmul(lam, U, feats), M.transpose(1, 2) @ U)
+
+
 def test_fit_exposes_factors_and_lazy_Z():
     X, y = _data("cross_entropy", n=20, s=4, d=3, c=3, seed=4)
     dense = fit("linear", X, y, 0.05, loss="cross_entropy", solver="fista", tol=1e-6)

@@ -110,19 +110,82 @@ class GatedAttentionHead(ConvexHead):
         return W.reshape(-1, d, d, d, c).permute(0, 2, 1, 3, 4).reshape(-1, d * d, d * c)
 
     def factored_features(self, X: Tensor) -> dict[str, Tensor]:
-        """``X (n, s, d)`` and the gate masks ``D (n, P, s, s)`` (the ``d^3`` statistic ``T`` is never formed)."""
+        """``X (n, s, d)``, the gate masks ``D (n, P, s, s)`` and the masked query sums
+        ``E (n, P, s, d)``, ``E[i, g, u] = sum_t D_g[t, u] x_t`` (the ``d^3`` statistic ``T`` is never formed)."""
         X = X.to(device=self.device, dtype=self.dtype)
-        return {"X": X, "D": self.gates(X, self.H)}
+        D = self.gates(X, self.H)
+        return {"X": X, "D": D, "E": D.transpose(2, 3) @ X[:, None]}
 
     def factored_apply(self, A: Tensor, B: Tensor, feats: dict[str, Tensor]) -> Tensor:
         """The gated heads' own forward: ``(1/s) 1^T sum_{g,j} (D_g ∘ X W1gj X^T) X W2gj``."""
-        d, c = self.d, self.c
+        X = feats["X"]
+        q = self._pooled_scores(A, feats)  # (n, P, r, s)
+        XB = self._values(B, X)  # (n, P, r, s, c)
+        return torch.einsum("igru,igrue->ie", q, XB) / X.shape[1]
+
+    # Explicit products (the autograd defaults cost ~2x and keep the whole graph).  With
+    # E[i,g,u] = sum_t D_g[t,u] x_t, the pooled gated scores and v[i,g,r,u] = (X W2gr lam_i)[u]:
+    #   q[i,g,r,u] = sum_t D_g[t,u] x_t^T W1gr^T x_u = E[i,g,u]^T W1gr^T x_u      (W1gr[k, a] = A[g,(k,a),r])
+    #   d<lam, out>/dB[g,l,e,r] = (1/s) sum_i lam_i[e] sum_u X[u,l] q[i,g,r,u]
+    #   d<lam, out>/dA[g,k,a,r] = (1/s) sum_{i,u} E[i,g,u,a] v[i,g,r,u] X[i,u,k]
+    # so both heavy steps are GEMMs of (n s) rows against d^2 r columns per gate.
+    def factored_bytes_per_sample(self, s: int, r: int) -> int:
+        """About four ``(P, s, d, r)`` intermediates per sample (``X W1``-type products and their
+        gradients): chunks of this size stay in cache, which matters more than their count."""
+        return 4 * self.num_gates * s * self.d * r * (torch.finfo(self.dtype).bits // 8)
+
+    def _pooled_scores(self, A: Tensor, feats: dict[str, Tensor]) -> Tensor:
+        """``q (n, P, r, s)``: column sums over queries ``t`` of the gated scores ``D_g ∘ (X W1 X^T)``."""
+        d = self.d
         P, _, r = A.shape
-        X, D = feats["X"], feats["D"]
-        XA = torch.einsum("ita,gkar->igrtk", X, A.reshape(P, d, d, r))
-        S = (XA @ X.transpose(1, 2)[:, None, None]) * D[:, :, None]  # (n, P, r, s, s)
-        XB = torch.einsum("iul,gler->igrue", X, B.reshape(P, d, c, r))
-        return (S @ XB).sum(dim=(1, 2, 3)) / X.shape[1]
+        X, E = feats["X"], feats["E"]
+        n, s, _ = X.shape
+        W = A.reshape(P, d, d, r).permute(0, 2, 1, 3).reshape(P, d, d * r)  # [g, a, (k, r)]
+        Y = E.transpose(0, 1).reshape(P, n * s, d) @ W  # [g, (i, u), (k, r)]
+        q = (Y.reshape(P, n, s, d, r) * X[None, :, :, :, None]).sum(dim=3)  # (P, n, s, r)
+        return q.permute(1, 0, 3, 2)
+
+    def _values(self, B: Tensor, X: Tensor) -> Tensor:
+        """``X W2 (n, P, r, s, c)`` for ``B (P, d c, r)``."""
+        P, _, r = B.shape
+        return torch.einsum("iul,gler->igrue", X, B.reshape(P, self.d, self.c, r))
+
+    def _grad_A(self, v: Tensor, feats: dict[str, Tensor]) -> Tensor:
+        """``(P, d^2, r)`` from ``v (n, P, r, s)`` (formula above): one GEMM per gate."""
+        X, E = feats["X"], feats["E"]
+        n, P, r, s = v.shape
+        d = self.d
+        w = (v.permute(1, 0, 3, 2)[..., None] * X[None, :, :, None, :]).reshape(P, n * s, r * d)  # [g, (i,u), (r,k)]
+        g = E.transpose(0, 1).reshape(P, n * s, d).transpose(1, 2) @ w  # [g, a, (r, k)]
+        return (g.reshape(P, d, r, d).permute(0, 3, 1, 2) / s).reshape(P, d * d, r)
+
+    def _grad_B(self, q: Tensor, V: Tensor, X: Tensor) -> Tensor:
+        """``(P, d c, r)`` from the pooled scores ``q (n, P, r, s)`` and ``V (n, c)``."""
+        n, P, r, s = q.shape
+        y = torch.einsum("iul,igru->igrl", X, q)
+        return torch.einsum("igrl,ie->gler", y, V).reshape(P, self.d * self.c, r) / s
+
+    def factored_vjp(self, A: Tensor, B: Tensor, feats: dict[str, Tensor]):
+        """``out`` and explicit ``vjp(lam) -> (dA, dB)`` (formulas above; reuses ``q`` and ``X W2``)."""
+        X = feats["X"]
+        q = self._pooled_scores(A, feats)
+        XB = self._values(B, X)
+        out = torch.einsum("igru,igrue->ie", q, XB) / X.shape[1]
+
+        def vjp(lam: Tensor) -> tuple[Tensor, Tensor]:
+            v = torch.einsum("igrue,ie->igru", XB, lam)
+            return self._grad_A(v, feats), self._grad_B(q, lam, X)
+
+        return out, vjp
+
+    def adjoint_matmul(self, V: Tensor, W: Tensor, feats: dict[str, Tensor]) -> Tensor:
+        """``M_g W_g`` for ``M = A^*(V)``, ``W (P, d c, K)``: the ``A``-gradient with ``B = W``."""
+        v = torch.einsum("igrue,ie->igru", self._values(W, feats["X"]), V)
+        return self._grad_A(v, feats)
+
+    def adjoint_rmatmul(self, V: Tensor, U: Tensor, feats: dict[str, Tensor]) -> Tensor:
+        """``M_g^T U_g`` for ``M = A^*(V)``, ``U (P, d^2, K)``: the ``B``-gradient with ``A = U``."""
+        return self._grad_B(self._pooled_scores(U, feats), V, feats["X"])
 
     def unlift(self, a: Tensor, b: Tensor, gate: Tensor) -> Weights:
         d, c = self.d, self.c
