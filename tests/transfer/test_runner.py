@@ -192,3 +192,22 @@ def test_head_option_runs_only_those_heads_and_resolves_beta_from(tmp_path):
     assert {r.beta for r in records if r.head == "adam:linear"} == {sels["convex:linear"].beta}
     bad = CliRunner().invoke(app, ["transfer", str(path), "--head", "lasso"])
     assert bad.exit_code != 0 and "lasso" in bad.output and "--head" in bad.output
+
+
+def test_width_option_runs_only_those_widths(tmp_path):
+    """`--width` runs a subset of widths (an integer, or 'full' for the backbone width); a later run
+    adds the rest; a bad width is refused naming the option."""
+    cfg = dict(CONFIG, seeds=[0], out_dir=str(tmp_path / "run"), feature_cache=str(tmp_path / "features"),
+               heads=[{"name": "linear-probe", "kind": "baseline"}])
+    path = tmp_path / "widths.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    first = CliRunner().invoke(app, ["transfer", str(path), "--width", "3", "--width", "full"])
+    assert first.exit_code == 0, first.output
+    assert {r.width for r in read_results(tmp_path / "run")} == {3, 32}  # tiny-vit: full = 32
+    second = CliRunner().invoke(app, ["transfer", str(path)])
+    assert second.exit_code == 0, second.output
+    assert sorted(r.width for r in read_results(tmp_path / "run")) == [2, 3, 32]
+    bad = CliRunner().invoke(app, ["transfer", str(path), "--width", "wide"])
+    assert bad.exit_code != 0 and "wide" in bad.output and "--width" in bad.output
+    with pytest.raises(ValueError, match="positive integers or 'full'"):
+        run_transfer(load_config(path), widths=[0])

@@ -54,13 +54,15 @@ def transfer(
                                     "processes running different tasks may share one out_dir"),
     heads: list[str] = typer.Option(None, "--head", help="run only this head of the config (repeatable); "
                                     "processes running different heads may share one out_dir"),
+    widths: list[str] = typer.Option(None, "--width", help="run only this token width (an integer, or 'full' for "
+                                     "the backbone width; repeatable), e.g. every seed at 128 before 'full'"),
 ) -> None:
     """Fit convex and baseline heads on frozen backbone features; write a report."""
     from pydantic import ValidationError
 
     from dualattn.transfer import RecordError, load_config, read_beta_selections, read_results, run_transfer
     from dualattn.transfer.report import not_certified, write_report
-    from dualattn.transfer.runner import unknown_choices
+    from dualattn.transfer.runner import parse_widths, unknown_choices
 
     try:
         cfg = load_config(config)
@@ -72,7 +74,12 @@ def transfer(
     for what, unknown, names in unknown_choices(cfg, tasks, heads):
         raise typer.BadParameter(f"{unknown} not in {config} (its choices: {names})", param_hint=f"--{what[:-1]}")
     try:
-        path = write_report(cfg.out_dir) if report_only else run_transfer(cfg, tasks=tasks, heads=heads) / "report.md"
+        parse_widths(widths)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--width") from e
+    try:
+        path = (write_report(cfg.out_dir) if report_only
+                else run_transfer(cfg, tasks=tasks, heads=heads, widths=widths) / "report.md")
     except (RecordError, FileNotFoundError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from e

@@ -185,24 +185,27 @@ def _labels(pred) -> np.ndarray:
 
 
 def run_transfer(cfg: TransferConfig | str | Path, *, report: bool = True, console=None,
-                 tasks: list[str] | None = None, heads: list[str] | None = None) -> Path:
+                 tasks: list[str] | None = None, heads: list[str] | None = None,
+                 widths: list[int | str] | None = None) -> Path:
     """Run every (task, seed, head, width) not yet in ``out_dir/results.jsonl``; write the report; return out_dir.
 
     ``tasks`` / ``heads``: run only these tasks / heads of the config (e.g. one task per process,
     all writing to the same ``out_dir``: records are appended line by line and ``tasks.json`` is
     merged, not overwritten).  A head whose beta comes from another head (``beta_from``) reuses
-    that head's stored selection, or makes it if it is not stored yet.
+    that head's stored selection, or makes it if it is not stored yet.  ``widths``: run only these
+    token widths (ints, or ``"full"`` for the backbone width), e.g. d = 128 for every seed before d = 384.
     """
     if not isinstance(cfg, TransferConfig):
         cfg = load_config(cfg)
     for what, unknown, names in unknown_choices(cfg, tasks, heads):
         raise ValueError(f"{what}: {unknown} not in the config (its {what}: {names})")
+    only_widths = parse_widths(widths)
     from rich.console import Console
 
     console = console or Console(stderr=True)
     threads_before = torch.get_num_threads()
     try:
-        _Run(cfg, console, set(tasks) if tasks else None, set(heads) if heads else None).run()
+        _Run(cfg, console, set(tasks) if tasks else None, set(heads) if heads else None, only_widths).run()
     finally:
         torch.set_num_threads(threads_before)
     out = Path(cfg.out_dir)
@@ -224,6 +227,25 @@ def unknown_choices(cfg: TransferConfig, tasks: list[str] | None, heads: list[st
     return out
 
 
+def parse_widths(widths: list[int | str] | None) -> set[int | str] | None:
+    """``{int widths} | {"full"}`` from e.g. ``["128", "full"]`` (None or empty: every width)."""
+    if not widths:
+        return None
+    out: set[int | str] = set()
+    for w in widths:
+        if str(w).strip().lower() == "full":
+            out.add("full")
+            continue
+        try:
+            v = int(w)
+        except (TypeError, ValueError):
+            raise ValueError(f"widths: expected positive integers or 'full', got {w!r}") from None
+        if v <= 0:
+            raise ValueError(f"widths: expected positive integers or 'full', got {w!r}")
+        out.add(v)
+    return out
+
+
 def head_widths(hc: HeadConfig, tc: TaskConfig, full_width: int) -> list[int]:
     """Integer widths head ``hc`` runs at on task ``tc`` (backbone width ``full_width``)."""
     if hc.input == "full":
@@ -236,8 +258,9 @@ class _Run:
     """One ``run_transfer`` call: resumable state (finished records, beta selections) and the loops."""
 
     def __init__(self, cfg: TransferConfig, console, only_tasks: set[str] | None = None,
-                 only_heads: set[str] | None = None):
+                 only_heads: set[str] | None = None, only_widths: set[int | str] | None = None):
         self.cfg, self.console = cfg, console
+        self.only_widths = only_widths
         # None: every task / head; config.yaml keeps the whole config, beta_from resolves to any head of it
         self.only_tasks, self.only_heads = only_tasks, only_heads
         self.out = Path(cfg.out_dir)
@@ -268,7 +291,8 @@ class _Run:
 
     def _plan(self, tc: TaskConfig, C: int) -> list[tuple[HeadConfig, int]]:
         return [(hc, w) for hc in self.cfg.heads for w in head_widths(hc, tc, C)
-                if self.only_heads is None or hc.name in self.only_heads]
+                if (self.only_heads is None or hc.name in self.only_heads)
+                and (self.only_widths is None or w in self.only_widths or (w == C and "full" in self.only_widths))]
 
     def _todo(self, tc: TaskConfig, C: int) -> list[tuple[int, HeadConfig, int]]:
         return [(s, hc, w) for s in self.cfg.seeds for hc, w in self._plan(tc, C)
