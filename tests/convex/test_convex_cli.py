@@ -75,6 +75,11 @@ def test_bench_quick(tmp_path):
     att = [r for r in rows if r["problem"] == "attention" and r["status"] == "optimal"]
     objs = [float(r["objective"]) for r in att]
     assert max(objs) - min(objs) <= 2e-4 * max(objs)
+    # the MLP problem: our certified run and, from the same run, its first iterate at the target
+    mlp = {r["solver"]: r for r in rows if r["problem"] == "mlp"}
+    cert, at = mlp["fista (ours)"], mlp["fista (ours) at target"]
+    assert float(at["time_s"]) <= float(cert["time_s"]) and int(at["iterations"]) <= int(cert["iterations"])
+    assert float(at["rel_gap"]) <= 1e-4
     assert (tmp_path / "convex_solvers_quick.png").stat().st_size > 0
     assert "speedup" in (tmp_path / "convex_solvers_quick.md").read_text()
 

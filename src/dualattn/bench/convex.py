@@ -26,6 +26,13 @@ solvers run at tight tolerances and are charged their solve time only
 (compilation reported separately); scnn is run with tolerances
 1e-5, 1e-6, ... and charged the first run that reaches the target.
 
+scnn has no certificate, so the MLP problem has two rows for our FISTA from one
+run: ``fista (ours)``, the time until its own duality-gap certificate reaches
+1e-4 (its dual point, the scaled gradient, lags the primal: the gap shrinks like
+the square root of the primal error), and ``fista (ours) at target``, the time of
+its first iterate within 1e-4 of the reference dual, i.e. scored exactly like
+scnn.  The summary compares scnn with both.
+
 Usage (``benchmarks/convex_solvers.py`` is a thin script over :func:`main`)::
 
     dualattn convex bench            # full run (tens of minutes)
@@ -284,8 +291,15 @@ def bench_mlp(cfg, rows: list, console) -> None:
         f, secs = run_fista(head, X, Y, beta, tol=TARGET, max_time=cfg.timeout)
         obj, rel = score(f.Z)
         rows.append(row(**base, solver="fista (ours)", status=f.status, time_s=secs, objective=obj, rel_gap=rel,
-                        iterations=f.iterations, note=f"solver={f.solver}"))
+                        iterations=f.iterations, note=f"solver={f.solver}; stops on its own certificate"))
         console.print(f"mlp n={n}: fista {secs:.2f}s rel={rel:.1e}")
+        at = first_at_target(f, secs, score.dual_ref)
+        if at is not None:
+            it, t_at, obj_at, rel_at = at
+            rows.append(row(**base, solver="fista (ours) at target", status="optimal", time_s=t_at, objective=obj_at,
+                            rel_gap=rel_at, iterations=it,
+                            note="same run: first iterate within the target of the reference dual (no certificate)"))
+            console.print(f"mlp n={n}: fista reaches the target at iteration {it}, {t_at:.2f}s")
         if not ok:
             rows.append(row(**base, solver="scnn r-fista", status="skipped", note="pyscnn not importable"))
             continue
@@ -297,6 +311,19 @@ def bench_mlp(cfg, rows: list, console) -> None:
                                 time_s=secs, objective=obj, rel_gap=rel, note=f"scnn tol={tol:g}"))
                 console.print(f"mlp n={n}: scnn {secs:.2f}s rel={rel:.1e} (tol {tol:g})")
                 break
+
+
+def first_at_target(f, wall_s: float, dual_ref: float):
+    """``(iteration, seconds, objective, rel)`` of the first FISTA iterate whose best primal is within
+    ``TARGET`` of ``dual_ref`` (a reference dual value), from the run's history; ``seconds`` includes the
+    setup outside the iterations (``wall_s - f.time``).  None when no iterate is (history empty)."""
+    setup = max(wall_s - float(f.time), 0.0)
+    for h in f.history:
+        p = float(h["best_primal"])
+        rel = max(p - dual_ref, 0.0) / max(abs(p), 1e-12)
+        if rel <= TARGET:
+            return int(h["iter"]), setup + float(h["time"]), p, rel
+    return None
 
 
 # --------------------------------------------------------------------- report
@@ -318,11 +345,14 @@ def summarise(rows: list) -> list[dict]:
         out.append({"comparison": f"attention d={d}: vs {fastest['solver']}", "n": n_big, "speedup": sp,
                     "target": ">= 20x", "result": "PASS" if ok else "FAIL"})
     for r in (r for r in rows if r["problem"] == "mlp" and r["solver"] == "scnn r-fista" and r["status"] != "skipped"):
-        ours = next(o for o in rows if o["problem"] == "mlp" and o["n"] == r["n"] and o["solver"] == "fista (ours)")
-        sp = r["time_s"] / ours["time_s"]
-        out.append({"comparison": "gated-ReLU MLP: vs scnn R-FISTA", "n": r["n"], "speedup": sp, "target": ">= 1x",
-                    "result": "PASS" if sp >= 1 and r["status"] == "optimal" and ours["status"] == "optimal"
-                    else "FAIL"})
+        for name, what in (("fista (ours)", "certified"), ("fista (ours) at target", "same scoring")):
+            ours = next((o for o in rows if o["problem"] == "mlp" and o["n"] == r["n"] and o["solver"] == name), None)
+            if ours is None:
+                continue
+            sp = r["time_s"] / ours["time_s"]
+            out.append({"comparison": f"gated-ReLU MLP ({what}): vs scnn R-FISTA", "n": r["n"], "speedup": sp,
+                        "target": ">= 1x", "result": "PASS" if sp >= 1 and r["status"] == "optimal"
+                        and ours["status"] == "optimal" else "FAIL"})
     return out
 
 
