@@ -54,6 +54,17 @@ def test_certificate_brackets_cvxpy(loss):
         assert fac.dual_objective <= ref + 1e-7 * abs(ref) and ref <= fac.objective + 1e-7 * abs(ref)
 
 
+def test_capped_solve_still_reports_a_valid_gap():
+    """A factorised solve stopped by its cap (here max_outer=2, far from tol) certifies its best point once:
+    a finite gap whose dual value is a valid lower bound on the CVXPY optimum."""
+    X, y = _data("cross_entropy", n=12, s=3, d=2, c=2, seed=1)
+    capped = fit("linear", X, y, 0.1, loss="cross_entropy", solver="factorised", tol=1e-12, max_outer=2)
+    ref = fit("linear", X, y, 0.1, loss="cross_entropy", solver="cvxpy").info["cvxpy_value"]
+    assert capped.status == "max_iter" and capped.info["final_certificate"]
+    assert 0 < capped.rel_gap < float("inf") and capped.gap == pytest.approx(capped.objective - capped.dual_objective)
+    assert capped.dual_objective <= ref + 1e-7 * abs(ref) <= capped.objective + 2e-7 * abs(ref)
+
+
 def test_rank_grows_from_one_and_certifies():
     X, y = _data("squared", n=40, s=4, d=3, c=3, seed=2)
     f = fit("linear", X, y, 0.02, solver="factorised", tol=1e-4, grow=1)  # one pair per growth step

@@ -183,6 +183,7 @@ def factorised(
     seed: int = 0,
     comm: Comm | None = None,
     verbose: bool = False,
+    final_certificate: bool = True,
 ) -> SolveResult:
     """Solve the head's program over factors ``Z_g = A_g B_g^T`` to a certified relative gap ``tol``.
 
@@ -190,6 +191,8 @@ def factorised(
     ``torch.distributed`` is initialised (``comm``).  ``Z0``: dense ``Z`` or factors
     ``(A, B)`` (warm start).  ``delta``: failure probability of the Lanczos norm
     bound when it is not exact; ``norm_eps``: its relative slack (default ``tol / 4``).
+    ``final_certificate``: a solve stopped by ``max_time`` / ``max_outer`` certifies its best point once
+    before returning (a valid gap instead of ``inf``; may run past ``max_time`` by that one bound).
     Returns a :class:`SolveResult` with ``Z=None`` and ``factors=(A, B)``.
     """
     if not (tol > 0):
@@ -278,6 +281,17 @@ def factorised(
             lbfgs = None
 
     bar.close()
+    if status != "optimal" and final_certificate:
+        # stopped at a cap: certify the best point once, so the result reports the gap it has
+        cert = certify_factors(op, loss, Y, beta, best["A"], best["B"], eps=norm_eps, delta=delta,
+                               dense_bytes=dense_bytes, seed=seed + 20_000)
+        certs += 1
+        if cert["dual"] > best_dual:
+            best_dual, best_lam = cert["dual"], cert["lam"]
+            cert_info = {"norm_method": cert["norm_method"], "certificate": cert["certificate"]}
+        gap = max(best["primal"] - best_dual, 0.0)
+        rel = relative_gap(gap, best["primal"])
+        cert_info["final_certificate"] = True
     A, B = lowrank.compress(best["A"], best["B"], min_rank=0)
     info = {"rank": int(A.shape[2]), "evals": evals, "certificates": certs, "growth_steps": grown,
             "world_size": comm.world_size, **cert_info}
