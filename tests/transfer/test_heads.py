@@ -89,3 +89,21 @@ def test_flatten_pool_sees_position_specific_information():
     assert flat.test_acc > cls_mean.test_acc + 0.1
     with pytest.raises(ValueError, match="pool"):
         fit_baseline("mlp", X, y, X, y, pool="max")
+
+
+def test_convex_head_at_width_never_forms_the_dense_Z():
+    """A factorised fit whose dense Z exceeds max_dense_bytes still gets its size recorded (P p q from the
+    factors' shapes): the transfer runner must not form Z (it failed at d = 384 with a MemoryError)."""
+    import torch
+
+    from dualattn.convex import fit
+    from dualattn.transfer.runner import _num_params
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(20, 3, 4, generator=g, dtype=torch.float64)
+    y = torch.arange(20) % 2
+    cf = fit("linear", X, y, 1.0, loss="cross_entropy", solver="factorised", tol=1e-3)
+    cf.max_dense_bytes = 8
+    with pytest.raises(MemoryError):
+        cf.Z
+    assert _num_params(cf) == 4 * 4 * 4 * 2  # Z: d^2 x dc

@@ -171,12 +171,13 @@ def fit_convex_head(hc: HeadConfig, X, y, X_test, y_test, *, loss: str, beta: fl
 
 
 def _num_params(cf) -> int:
-    """Entries of the solution: dense ``Z``, or the factors ``(A, B)`` of a factorised solve."""
+    """Entries ``P p q`` of the convex variable ``Z`` (from the factors' shapes for a factorised fit:
+    its dense ``Z`` is never formed, it may not fit in memory at backbone width)."""
+    if getattr(cf, "is_factorised", False):
+        A, B = cf.factors
+        return int(A.shape[0] * A.shape[1] * B.shape[1])
     Z = getattr(cf, "Z", None)
-    if isinstance(Z, torch.Tensor):
-        return int(Z.numel())
-    factors = getattr(cf, "factors", None)
-    return int(sum(f.numel() for f in factors)) if factors is not None else 0
+    return int(Z.numel()) if isinstance(Z, torch.Tensor) else 0
 
 
 def _labels(pred) -> np.ndarray:
