@@ -48,6 +48,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from dualattn.convex import lowrank
+from dualattn.convex.solvers import subspace
 from dualattn.convex.distributed import Comm
 from dualattn.convex.heads.base import ConvexHead
 from dualattn.convex.lanczos import BlockOperator
@@ -184,6 +185,11 @@ def factorised(
     comm: Comm | None = None,
     verbose: bool = False,
     final_certificate: bool = True,
+    polish: bool | str = "auto",
+    polish_max_vars: int = 2500,
+    polish_steps: int = 10,
+    polish_trigger: float = 1e-3,
+    polish_bytes: float = 2**30,
 ) -> SolveResult:
     """Solve the head's program over factors ``Z_g = A_g B_g^T`` to a certified relative gap ``tol``.
 
@@ -193,6 +199,11 @@ def factorised(
     bound when it is not exact; ``norm_eps``: its relative slack (default ``tol / 4``).
     ``final_certificate``: a solve stopped by ``max_time`` / ``max_outer`` certifies its best point once
     before returning (a valid gap instead of ``inf``; may run past ``max_time`` by that one bound).
+    ``polish``: after an L-BFGS stage that follows one which lowered the objective by less than
+    ``polish_trigger`` (relative), up to ``polish_steps`` proximal Newton steps on the core
+    ``M`` of ``Z_g = Q_a M_g Q_b^T`` (:mod:`~dualattn.convex.solvers.subspace`); ``"auto"`` does so
+    when the loss is squared or cross-entropy, the core has at most ``polish_max_vars`` variables
+    (``P r^2``) and one step needs at most ``polish_bytes``; ``True`` raises if it cannot.
     Returns a :class:`SolveResult` with ``Z=None`` and ``factors=(A, B)``.
     """
     if not (tol > 0):
@@ -203,6 +214,10 @@ def factorised(
             raise ValueError(f"{name} must be a positive int, got {v!r}")
     if not (0 < delta < 1):
         raise ValueError(f"delta must be in (0, 1), got {delta}")
+    if polish not in (True, False, "auto"):
+        raise ValueError(f"polish must be True, False or 'auto', got {polish!r}")
+    if polish is True and loss.name not in subspace.SUPPORTED_LOSSES:
+        raise ValueError(f"polish=True needs a loss in {subspace.SUPPORTED_LOSSES}, got {loss.name!r}")
     comm = comm or Comm()
     t0 = time.perf_counter()
     op = FactoredOperator(head, X, chunk_size=chunk_size, comm=comm)
@@ -217,12 +232,13 @@ def factorised(
     best = {"primal": math.inf, "A": A, "B": B}
     best_dual, best_lam = -math.inf, None
     history: list[dict] = []
-    status, evals, certs, grown = "max_iter", 0, 0, 0
+    status, evals, certs, grown, polished = "max_iter", 0, 0, 0, 0
     cert_info: dict = {}
     rel = gap = math.inf
     bar = tqdm(total=max_outer, disable=not verbose, desc="factorised", leave=False)
 
     lbfgs, warm = None, None
+    stalled, prev_primal = False, math.inf
     for outer in range(1, max_outer + 1):
         # ---- 1. L-BFGS at fixed rank (its memory is kept until the rank changes)
         if A.shape[2] > 0:
@@ -236,6 +252,9 @@ def factorised(
         fval, lam = loss.value_grad(out, Y)
         fval = comm.sum(float(fval))
         primal = fval + beta * float(lowrank.nuclear_norm(A, B))
+        # the L-BFGS stage has stalled (polish next time) when it gained < polish_trigger (relative)
+        stalled = prev_primal - primal <= polish_trigger * abs(primal)
+        prev_primal = primal
         if primal < best["primal"]:
             best = {"primal": primal, "A": A, "B": B}
         M = op.adjoint_operator(lam)
@@ -273,8 +292,17 @@ def factorised(
             status = "max_time"
             break
         # ---- 4. rank growth along the violating top singular pairs
-        viol = (sig > beta * (1 + grow_tol)) & (_off_span(B, Vv) > 0.5)
-        if viol.any() and A.shape[2] < max_rank:
+        over = sig > beta * (1 + grow_tol)
+        viol = over & (_off_span(B, Vv) > 0.5)
+        k_new = int(over.sum(dim=1).max())
+        if polish and stalled and _can_polish(polish, loss, A.shape[2] + k_new, op, polish_max_vars, polish_bytes):
+            # fully corrective step: the exact optimum over the spans of the factors and the violating pairs
+            A, B, pinfo = subspace.polish_core(op, loss, Y, beta, A, B, extra=(Uv[:, :, :k_new], Vv[:, :, :k_new]),
+                                               steps=polish_steps,
+                                               deadline=None if max_time is None else t0 + max_time)
+            polished += pinfo["steps"]
+            lbfgs = None  # the point and usually the rank changed: the curvature pairs are stale
+        elif viol.any() and A.shape[2] < max_rank:
             A, B = lowrank.compress(A, B, min_rank=0)  # rebalance, drop zero columns
             A, B = _grow(op, loss, Y, beta, A, B, out, sig, Uv, Vv, viol, max_rank)
             grown += 1
@@ -294,12 +322,28 @@ def factorised(
         cert_info["final_certificate"] = True
     A, B = lowrank.compress(best["A"], best["B"], min_rank=0)
     info = {"rank": int(A.shape[2]), "evals": evals, "certificates": certs, "growth_steps": grown,
+            "newton_steps": polished,
             "world_size": comm.world_size, **cert_info}
     return SolveResult(
         Z=None, objective=best["primal"], dual_objective=best_dual, gap=gap, rel_gap=rel,
         iterations=len(history), time=time.perf_counter() - t0, status=status, solver="factorised",
         history=history, info=info, lam=best_lam, factors=(A, B),
     )
+
+
+def _can_polish(polish, loss: Loss, r: int, op: FactoredOperator, max_vars: int, max_bytes: float) -> bool:
+    """Whether the core Newton polish on ``r`` columns runs now (``polish=True`` raises when it cannot)."""
+    P, p, q = op.shape
+    r_core = min(p, r)
+    nvars = P * r_core * min(q, r)
+    chunk = max(b - a for a, b in op.bounds) if op.bounds else 0
+    need = subspace.core_bytes(P, max(r_core, 1), chunk, op.c, torch.finfo(op.dtype).bits // 8)
+    if loss.name in subspace.SUPPORTED_LOSSES and nvars <= max_vars and need <= max_bytes:
+        return True
+    if polish is True:
+        raise ValueError(f"polish=True: the core has {nvars} variables (polish_max_vars={max_vars}) and needs "
+                         f"{need / 2**20:.0f} MiB (polish_bytes={max_bytes / 2**20:.0f} MiB); raise them or use polish='auto'")
+    return False
 
 
 class _Timeout(Exception):
