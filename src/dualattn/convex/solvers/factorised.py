@@ -48,11 +48,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from dualattn.convex import lowrank
-from dualattn.convex.solvers import subspace
 from dualattn.convex.distributed import Comm
 from dualattn.convex.heads.base import ConvexHead
 from dualattn.convex.lanczos import BlockOperator
 from dualattn.convex.losses import Loss
+from dualattn.convex.solvers import subspace
 from dualattn.convex.solvers.result import SolveResult, relative_gap
 
 
@@ -238,7 +238,7 @@ def factorised(
     bar = tqdm(total=max_outer, disable=not verbose, desc="factorised", leave=False)
 
     lbfgs, warm = None, None
-    stalled, prev_primal = False, math.inf
+    prev_primal = math.inf
     for outer in range(1, max_outer + 1):
         # ---- 1. L-BFGS at fixed rank (its memory is kept until the rank changes)
         if A.shape[2] > 0:
