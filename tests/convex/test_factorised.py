@@ -65,6 +65,16 @@ def test_capped_solve_still_reports_a_valid_gap():
     assert capped.dual_objective <= ref + 1e-7 * abs(ref) <= capped.objective + 2e-7 * abs(ref)
 
 
+def test_max_iter_caps_the_factorised_outer_stages():
+    """``fit(max_iter=k)`` is the factorised solver's ``max_outer`` (so a study's iteration cap means the
+    same thing whichever solver ``auto`` picks); giving both is refused."""
+    X, y = _data("cross_entropy", n=12, s=3, d=2, c=2, seed=1)
+    capped = fit("linear", X, y, 0.1, loss="cross_entropy", solver="factorised", tol=1e-12, max_iter=3)
+    assert capped.status == "max_iter" and capped.iterations == 3
+    with pytest.raises(ValueError, match="max_iter or max_outer"):
+        fit("linear", X, y, 0.1, loss="cross_entropy", solver="factorised", max_iter=3, max_outer=3)
+
+
 def test_rank_grows_from_one_and_certifies():
     X, y = _data("squared", n=40, s=4, d=3, c=3, seed=2)
     f = fit("linear", X, y, 0.02, solver="factorised", tol=1e-4, grow=1)  # one pair per growth step

@@ -294,7 +294,7 @@ def fit(
     tol: float = 1e-4,
     num_classes: int | None = None,
     Z0: Tensor | tuple[Tensor, Tensor] | None = None,
-    max_iter: int = 20000,
+    max_iter: int | None = None,
     max_time: float | None = None,
     verbose: bool = False,
     device: str | torch.device = "cpu",
@@ -322,6 +322,9 @@ def fit(
     cone-constrained heads such as ``mlp-relu-cone``).  Every solver's ``status`` is
     ``"optimal"`` only when our certified relative gap is ``<= tol``.  ``Z0``
     warm-starts from a dense ``Z`` or factors ``(A, B)`` (e.g. ``previous_fit.warm_start()``).
+    ``max_iter`` caps the iterations of FISTA and ADMM (default 20000) and the outer
+    stages (L-BFGS + certificate + growth or polish) of the factorised solver (its
+    ``max_outer``, default 200); ``max_time`` (seconds) caps every solver.
 
     **Data parallel**: when ``torch.distributed`` is initialised with more than one
     process, ``X`` and ``y`` are this process's shard of the samples, the program is
@@ -352,6 +355,10 @@ def fit(
         raise ValueError(f"torch.distributed is initialised: only solver='factorised' (or 'auto') solves "
                          f"data-parallel, got {solver!r}")
     if solver == "factorised":
+        if max_iter is not None:
+            if "max_outer" in solver_options:
+                raise ValueError("give max_iter or max_outer (the factorised solver's outer stages), not both")
+            solver_options = {**solver_options, "max_outer": max_iter}
         opts = {"chunk_size": _factorised_chunk(head, X)} | solver_options
         res = factorised(head, X, lossf, Y, beta, Z0=Z0, tol=tol, max_time=max_time, verbose=verbose,
                          comm=comm, **opts)
@@ -361,6 +368,7 @@ def fit(
     if isinstance(Z0, (tuple, list)):
         Z0 = lowrank.dense(*Z0)
     op = ChunkedOperator(head, X, chunk_size=chunk_size)
+    max_iter = 20000 if max_iter is None else max_iter
     if solver == "fista":
         res = fista(op, lossf, Y, beta, Z0=Z0, tol=tol, max_iter=max_iter, max_time=max_time,
                     verbose=verbose, **solver_options)
