@@ -89,6 +89,48 @@ def test_transfer_cli_width_sweep_end_to_end_and_resume(config_file, tmp_path):
     assert (out / "results.jsonl").read_text() == before
 
 
+def test_interrupted_beta_search_resumes_from_its_finished_fits(tmp_path, monkeypatch):
+    """Every fit of a beta search is written to beta_search.jsonl as it finishes; a run killed in the
+    middle of the search refits only the betas it had not finished, and selects as an uninterrupted run."""
+    from dualattn.transfer import read_beta_solves
+    from dualattn.transfer import runner as runner_mod
+
+    cfg = dict(CONFIG, seeds=[0], out_dir=str(tmp_path / "run"), feature_cache=str(tmp_path / "features"),
+               tasks=[dict(CONFIG["tasks"][0], widths=[2])],
+               heads=[{"name": "convex:linear", "kind": "convex", "head": "linear", "beta_grid": [0.3, 3.0, 30.0],
+                       "widths": [2], "options": {"max_iter": 500}}])
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    fitted, real_fit = [], runner_mod._Run._fit_head
+
+    def fit_then_die(self, hc, X, y, Xs, ys, beta, *args, **kwargs):
+        if len(fitted) == 2:
+            raise KeyboardInterrupt  # killed during the third fit
+        fitted.append(beta)
+        return real_fit(self, hc, X, y, Xs, ys, beta, *args, **kwargs)
+
+    monkeypatch.setattr(runner_mod._Run, "_fit_head", fit_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_transfer(load_config(path))
+    partial = read_beta_solves(tmp_path / "run")
+    assert [b.beta for b in partial] == fitted and all(b.solve is not None for b in partial)
+    assert read_beta_selections(tmp_path / "run") == [] and read_results(tmp_path / "run") == []
+
+    refits = []
+
+    def record(self, hc, X, y, Xs, ys, beta, *args, **kwargs):
+        refits.append(beta)
+        return real_fit(self, hc, X, y, Xs, ys, beta, *args, **kwargs)
+
+    monkeypatch.setattr(runner_mod._Run, "_fit_head", record)
+    run_transfer(load_config(path))
+    (sel,) = read_beta_selections(tmp_path / "run")
+    assert not set(refits[:-1]) & set(fitted)  # search fits not redone; the last fit is the seed's final solve
+    assert set(sel.val_acc) == {str(b) for b in sel.grid} and set(sel.solves) == set(sel.val_acc)
+    by_beta = {b.beta: b for b in read_beta_solves(tmp_path / "run")}
+    assert {float(k): v for k, v in sel.val_acc.items()} == {b: r.val_acc for b, r in by_beta.items()}
+
+
 def test_select_beta_extends_the_grid_at_an_edge_up_to_the_limit():
     calls = []
 

@@ -15,11 +15,11 @@ Modules:
 """
 
 from dualattn.transfer.config import HeadConfig, TaskConfig, TransferConfig, load_config
-from dualattn.transfer.records import (SCHEMA_VERSION, BetaSelection, RecordError, TransferResult, read_beta_selections,
-                                       read_results)
+from dualattn.transfer.records import (SCHEMA_VERSION, BetaSelection, BetaSolve, RecordError, TransferResult,
+                                       read_beta_selections, read_beta_solves, read_results)
 from dualattn.transfer.runner import run_transfer
 
 __all__ = [
-    "SCHEMA_VERSION", "BetaSelection", "HeadConfig", "RecordError", "TaskConfig", "TransferConfig", "TransferResult",
-    "load_config", "read_beta_selections", "read_results", "run_transfer",
+    "SCHEMA_VERSION", "BetaSelection", "BetaSolve", "HeadConfig", "RecordError", "TaskConfig", "TransferConfig", "TransferResult",
+    "load_config", "read_beta_selections", "read_beta_solves", "read_results", "run_transfer",
 ]

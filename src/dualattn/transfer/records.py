@@ -5,6 +5,9 @@
 * :class:`BetaSelection`: how beta was chosen for one (task, head, width) on the
   validation split, including any automatic extension of the grid:
   ``out_dir/beta_selection.jsonl``.
+* :class:`BetaSolve`: one fit of that search (beta, validation accuracy, certificate),
+  written as soon as it finishes: ``out_dir/beta_search.jsonl``; an interrupted search
+  resumes from them instead of refitting.
 * :class:`TaskInfo`: what a task's features were (backbone, sizes, widths):
   ``out_dir/tasks.json`` (one JSON object keyed by task name).
 
@@ -125,6 +128,24 @@ class BetaSelection(_Record):
     @property
     def key(self) -> tuple[str, str, int]:
         return (self.task, self.head, self.width)
+
+
+class BetaSolve(_Record):
+    """One fit of a beta search: validation accuracy of ``beta`` for (task, head, width) on the
+    inner split of ``seed`` (``val_fraction``), and, for convex heads, its certificate."""
+
+    task: str
+    head: str
+    width: int
+    seed: int
+    val_fraction: float
+    beta: float
+    val_acc: float = Field(ge=0, le=1)
+    solve: SolveInfo | None = None
+
+    @property
+    def key(self) -> tuple[str, str, int, int, float]:
+        return (self.task, self.head, self.width, self.seed, self.val_fraction)
 
 
 class TaskInfo(_Record):
@@ -257,6 +278,11 @@ def read_results(out_dir: str | Path) -> list[TransferResult]:
 def read_beta_selections(out_dir: str | Path) -> list[BetaSelection]:
     """All :class:`BetaSelection` records of a run directory (``beta_selection.jsonl``)."""
     return read_jsonl(Path(out_dir) / "beta_selection.jsonl", BetaSelection)
+
+
+def read_beta_solves(out_dir: str | Path) -> list[BetaSolve]:
+    """All :class:`BetaSolve` records of a run directory (``beta_search.jsonl``; none if absent)."""
+    return read_jsonl(Path(out_dir) / "beta_search.jsonl", BetaSolve)
 
 
 def finite_or_none(x) -> float | None:

@@ -35,8 +35,9 @@ import yaml
 from dualattn.transfer.config import HeadConfig, TaskConfig, TransferConfig, load_config
 from dualattn.transfer.features import TokenPCA, extract_features, reduce_tokens
 from dualattn.transfer.heads import HeadResult, fit_baseline, fit_nonconvex_counterpart
-from dualattn.transfer.records import (BetaSelection, SolveInfo, TaskInfo, TransferResult, append_jsonl,
-                                       finite_or_none, read_beta_selections, read_results, read_tasks, write_tasks)
+from dualattn.transfer.records import (BetaSelection, BetaSolve, SolveInfo, TaskInfo, TransferResult, append_jsonl,
+                                       finite_or_none, read_beta_selections, read_beta_solves, read_results,
+                                       read_tasks, write_tasks)
 
 __all__ = ["TaskConfig", "HeadConfig", "TransferConfig", "load_config", "run_transfer", "feature_cache_root",
            "task_features", "prepare_split", "inner_split", "select_beta", "resolve_solver", "fit_convex_head"]
@@ -274,6 +275,9 @@ class _Run:
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
         self.done = {r.key for r in read_results(out)}
         self.selections = {s.key: s for s in read_beta_selections(out)}
+        self.beta_solves: dict[tuple, dict[float, BetaSolve]] = {}  # finished fits of unfinished searches
+        for b in read_beta_solves(out):
+            self.beta_solves.setdefault(b.key, {})[b.beta] = b
         tasks_info = read_tasks(out)
         cache_root = feature_cache_root(cfg)
         for tc in cfg.tasks:
@@ -369,15 +373,28 @@ class _Run:
         solves: dict[str, SolveInfo] = {}
         quiet = hc.model_copy(update={"interpret": False})
 
+        done = self.beta_solves.get((tc.name, hc.name, w, seed, cfg.val_fraction), {})
+
         def score(b: float) -> float:
-            res = self._fit_head(quiet, Xa, ya, Xb, yb, b, seed, tc, task, w)
-            if hc.kind == "convex":
-                rel = res.extra.get("rel_gap")
-                solves[str(b)] = SolveInfo(status=res.extra.get("status"), rel_gap=rel,
-                                           iterations=res.extra.get("iterations"),
-                                           certified=rel is not None and rel <= cfg.certify_tol)
-            self.console.log(f"  beta search {tc.name}/{hc.name} d={w}: beta={b:g} val acc {res.test_acc:.4f}")
-            return res.test_acc
+            if b in done:  # fitted by an earlier, interrupted run of this search
+                rec = done[b]
+                self.console.log(f"  beta search {tc.name}/{hc.name} d={w}: beta={b:g} val acc {rec.val_acc:.4f} "
+                                 f"(from beta_search.jsonl)")
+            else:
+                res = self._fit_head(quiet, Xa, ya, Xb, yb, b, seed, tc, task, w)
+                info = None
+                if hc.kind == "convex":
+                    rel = res.extra.get("rel_gap")
+                    info = SolveInfo(status=res.extra.get("status"), rel_gap=rel,
+                                     iterations=res.extra.get("iterations"),
+                                     certified=rel is not None and rel <= cfg.certify_tol)
+                rec = BetaSolve(task=tc.name, head=hc.name, width=w, seed=seed, val_fraction=cfg.val_fraction,
+                                beta=b, val_acc=res.test_acc, solve=info)
+                append_jsonl(self.out / "beta_search.jsonl", rec)
+                self.console.log(f"  beta search {tc.name}/{hc.name} d={w}: beta={b:g} val acc {res.test_acc:.4f}")
+            if rec.solve is not None:
+                solves[str(b)] = rec.solve
+            return rec.val_acc
 
         best, scores, extended, at_edge = select_beta(score, hc.beta_grid, cfg.beta_grid_extend)
         if extended:
