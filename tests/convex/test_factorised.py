@@ -10,26 +10,10 @@ from dualattn.convex.heads import get_head
 from dualattn.convex.lanczos import BlockOperator, kw_epsilon, steps_for
 from dualattn.convex.solvers.factorised import FactoredOperator
 
-HEADS = [
-    ("linear", {}),
-    ("gated", {"num_gates": 2}),
-    ("mixer-linear", {}),
-    ("mixer-gated", {"num_gates": 2}),
-    ("fno", {}),
-]
-
-
-def _data(loss, n=24, s=4, d=3, c=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    X = torch.randn(n, s, d, generator=g, dtype=torch.float64) / d**0.5
-    y = torch.randn(n, c, generator=g, dtype=torch.float64) if loss == "squared" else torch.randint(0, c, (n,), generator=g)
-    return X, y
-
-
 @pytest.mark.parametrize("loss", ["squared", "cross_entropy"])
-@pytest.mark.parametrize("head,opts", HEADS)
-def test_factorised_matches_dense(head, opts, loss):
-    X, y = _data(loss)
+def test_factorised_matches_dense(head_case, loss, scaled_data):
+    head, opts = head_case
+    X, y = scaled_data(loss)
     beta = 0.2 if loss == "squared" else 0.05
     dense = fit(head, X, y, beta, loss=loss, solver="fista", tol=1e-7, head_options=opts, max_iter=100000)
     fac = fit(head, X, y, beta, loss=loss, solver="factorised", tol=1e-4, head_options=opts)
@@ -45,8 +29,8 @@ def test_factorised_matches_dense(head, opts, loss):
 
 
 @pytest.mark.parametrize("loss", ["squared", "cross_entropy"])
-def test_certificate_brackets_cvxpy(loss):
-    X, y = _data(loss, n=12, s=3, d=2, c=2, seed=1)
+def test_certificate_brackets_cvxpy(loss, scaled_data):
+    X, y = scaled_data(loss, n=12, s=3, d=2, c=2, seed=1)
     for head, opts in [("linear", {}), ("gated", {"num_gates": 2})]:
         fac = fit(head, X, y, 0.1, loss=loss, solver="factorised", tol=1e-4, head_options=opts)
         ref = fit(head, X, y, 0.1, loss=loss, solver="cvxpy", head_options=opts).info["cvxpy_value"]
@@ -54,10 +38,10 @@ def test_certificate_brackets_cvxpy(loss):
         assert fac.dual_objective <= ref + 1e-7 * abs(ref) and ref <= fac.objective + 1e-7 * abs(ref)
 
 
-def test_capped_solve_still_reports_a_valid_gap():
+def test_capped_solve_still_reports_a_valid_gap(scaled_data):
     """A factorised solve stopped by its cap (here max_outer=2, far from tol) certifies its best point once:
     a finite gap whose dual value is a valid lower bound on the CVXPY optimum."""
-    X, y = _data("cross_entropy", n=12, s=3, d=2, c=2, seed=1)
+    X, y = scaled_data("cross_entropy", n=12, s=3, d=2, c=2, seed=1)
     capped = fit("linear", X, y, 0.1, loss="cross_entropy", solver="factorised", tol=1e-12, max_outer=2)
     ref = fit("linear", X, y, 0.1, loss="cross_entropy", solver="cvxpy").info["cvxpy_value"]
     assert capped.status == "max_iter" and capped.info["final_certificate"]
@@ -65,18 +49,18 @@ def test_capped_solve_still_reports_a_valid_gap():
     assert capped.dual_objective <= ref + 1e-7 * abs(ref) <= capped.objective + 2e-7 * abs(ref)
 
 
-def test_max_iter_caps_the_factorised_outer_stages():
+def test_max_iter_caps_the_factorised_outer_stages(scaled_data):
     """``fit(max_iter=k)`` is the factorised solver's ``max_outer`` (so a study's iteration cap means the
     same thing whichever solver ``auto`` picks); giving both is refused."""
-    X, y = _data("cross_entropy", n=12, s=3, d=2, c=2, seed=1)
+    X, y = scaled_data("cross_entropy", n=12, s=3, d=2, c=2, seed=1)
     capped = fit("linear", X, y, 0.1, loss="cross_entropy", solver="factorised", tol=1e-12, max_iter=3)
     assert capped.status == "max_iter" and capped.iterations == 3
     with pytest.raises(ValueError, match="max_iter or max_outer"):
         fit("linear", X, y, 0.1, loss="cross_entropy", solver="factorised", max_iter=3, max_outer=3)
 
 
-def test_rank_grows_from_one_and_certifies():
-    X, y = _data("squared", n=40, s=4, d=3, c=3, seed=2)
+def test_rank_grows_from_one_and_certifies(scaled_data):
+    X, y = scaled_data("squared", n=40, s=4, d=3, c=3, seed=2)
     f = fit("linear", X, y, 0.02, solver="factorised", tol=1e-4, grow=1)  # one pair per growth step
     ranks = [h["rank"] for h in f.history]
     assert ranks[0] == 0 and ranks[1] == 1  # starts at rank 1
@@ -133,27 +117,27 @@ def test_kw_steps():
     assert kw_epsilon(10_000, k, 1e-6) <= 1e-3 < kw_epsilon(10_000, k - 1, 1e-6)
 
 
-def test_factored_operator_matches_dense_adjoint():
-    X, _ = _data("squared", n=10, s=4, d=3, c=2)
+def test_factored_operator_matches_dense_adjoint(scaled_data, head_case):
+    X, _ = scaled_data("squared", n=10, s=4, d=3, c=2)
     g = torch.Generator().manual_seed(3)
-    for name, opts in HEADS:
-        head = get_head(name, **opts).setup(3, 2)
-        head.check_X(X)
-        P, p, q = head.variable_shape()
-        A = torch.randn(P, p, 2, generator=g, dtype=torch.float64)
-        B = torch.randn(P, q, 2, generator=g, dtype=torch.float64)
-        op = FactoredOperator(head, X, chunk_size=3)
-        torch.testing.assert_close(op.forward(A, B), head.forward(A @ B.transpose(1, 2), X))
-        lam = torch.randn(10, 2, generator=g, dtype=torch.float64)
-        M = head.adjoint(lam, head.features(X))
-        torch.testing.assert_close(op.adjoint_operator(lam).dense(batch=5), M)
+    name, opts = head_case
+    head = get_head(name, **opts).setup(3, 2)
+    head.check_X(X)
+    P, p, q = head.variable_shape()
+    A = torch.randn(P, p, 2, generator=g, dtype=torch.float64)
+    B = torch.randn(P, q, 2, generator=g, dtype=torch.float64)
+    op = FactoredOperator(head, X, chunk_size=3)
+    torch.testing.assert_close(op.forward(A, B), head.forward(A @ B.transpose(1, 2), X))
+    lam = torch.randn(10, 2, generator=g, dtype=torch.float64)
+    M = head.adjoint(lam, head.features(X))
+    torch.testing.assert_close(op.adjoint_operator(lam).dense(batch=5), M)
 
 
-@pytest.mark.parametrize("head,opts", HEADS)
-def test_explicit_factored_products_match_dense(head, opts):
+def test_explicit_factored_products_match_dense(head_case, scaled_data):
     """Each head's factored_vjp / adjoint_matmul / adjoint_rmatmul (explicit or autograd default)
     equal the dense products ``A_X(A B^T)``, ``(M B, M^T A)``, ``M W`` and ``M^T U`` with ``M = A_X^*(lam)``."""
-    X, _ = _data("squared", n=7, s=5, d=3, c=2, seed=5)
+    head, opts = head_case
+    X, _ = scaled_data("squared", n=7, s=5, d=3, c=2, seed=5)
     g = torch.Generator().manual_seed(11)
     h = get_head(head, **opts).setup(3, 2)
     h.check_X(X)
@@ -175,8 +159,8 @@ def test_explicit_factored_products_match_dense(head, opts):
     torch.testing.assert_close(h.adjoint_rmatmul(lam, U, feats), M.transpose(1, 2) @ U)
 
 
-def test_fit_exposes_factors_and_lazy_Z():
-    X, y = _data("cross_entropy", n=20, s=4, d=3, c=3, seed=4)
+def test_fit_exposes_factors_and_lazy_Z(scaled_data):
+    X, y = scaled_data("cross_entropy", n=20, s=4, d=3, c=3, seed=4)
     dense = fit("linear", X, y, 0.05, loss="cross_entropy", solver="fista", tol=1e-6)
     A, B = dense.factors  # from the SVD of Z with its numerical rank
     torch.testing.assert_close(A @ B.transpose(1, 2), dense.Z)
@@ -195,8 +179,8 @@ def test_fit_exposes_factors_and_lazy_Z():
     assert S.shape[:2] == (20, sigma.numel())
 
 
-def test_save_load_factorised(tmp_path):
-    X, y = _data("squared", n=16, s=4, d=3, c=2, seed=5)
+def test_save_load_factorised(tmp_path, scaled_data):
+    X, y = scaled_data("squared", n=16, s=4, d=3, c=2, seed=5)
     f = fit("linear", X, y, 0.05, solver="factorised", tol=1e-4)
     f.save(tmp_path / "f.pt")
     g = type(f).load(tmp_path / "f.pt")
@@ -205,8 +189,8 @@ def test_save_load_factorised(tmp_path):
 
 
 @pytest.mark.slow
-def test_warm_start_and_float32():
-    X, y = _data("squared", n=16, s=4, d=3, c=2, seed=6)
+def test_warm_start_and_float32(scaled_data):
+    X, y = scaled_data("squared", n=16, s=4, d=3, c=2, seed=6)
     f = fit("linear", X, y, 0.05, solver="factorised", tol=1e-4)
     g = fit("linear", X, y, 0.04, solver="factorised", tol=1e-4, Z0=f.warm_start())
     assert g.status == "optimal" and g.history[0]["rank"] > 0
@@ -216,7 +200,7 @@ def test_warm_start_and_float32():
     assert f32.info["certified_float64"] and f32.rel_gap <= 1e-3 or f32.status != "optimal"
 
 
-def test_choose_solver():
+def test_choose_solver(scaled_data):
     lin = get_head("linear").setup(8, 10)
     assert choose_solver(lin, 1000, 10, 8, 10, "cross_entropy") == "fista"
     big = get_head("linear").setup(64, 10)
@@ -232,5 +216,5 @@ def test_choose_solver():
     cone = get_head("mlp-relu-cone").setup(4, 1)
     assert choose_solver(cone, 10, 3, 4, 1, "squared") == "auglag"
     assert choose_solver(big, 2000, 8, 64, 10, "squared", distributed=True) == "factorised"
-    X, y = _data("squared", n=12, s=3, d=3, c=2)
+    X, y = scaled_data("squared", n=12, s=3, d=3, c=2)
     assert fit("linear", X, y, 0.1).solver in ("fista", "admm")

@@ -11,24 +11,8 @@ from dualattn.convex.losses import get_loss
 from dualattn.convex.solvers import subspace
 from dualattn.convex.solvers.factorised import FactoredOperator, factorised
 
-HEADS = [
-    ("linear", {}),
-    ("gated", {"num_gates": 2}),
-    ("mixer-linear", {}),
-    ("mixer-gated", {"num_gates": 2}),
-    ("fno", {}),
-]
-
-
-def _data(loss, n=24, s=4, d=3, c=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    X = torch.randn(n, s, d, generator=g, dtype=torch.float64) / d**0.5
-    y = torch.randn(n, c, generator=g, dtype=torch.float64) if loss == "squared" else torch.randint(0, c, (n,), generator=g)
-    return X, y
-
-
-def _problem(name, opts, loss, **kw):
-    X, y = _data(loss, **kw)
+def _problem(scaled_data, name, opts, loss, **kw):
+    X, y = scaled_data(loss, **kw)
     c = y.shape[1] if loss == "squared" else int(y.max()) + 1
     head = get_head(name, **opts).setup(X.shape[2], c, s=X.shape[1], dtype=torch.float64)
     head.check_X(X)
@@ -37,10 +21,10 @@ def _problem(name, opts, loss, **kw):
     return head, X, Y, lossf
 
 
-@pytest.mark.parametrize("head,opts", HEADS)
-def test_core_jacobian_matches_forward(head, opts):
+def test_core_jacobian_matches_forward(head_case, scaled_data):
     """``J vec(M)`` = the head's output at ``Z = Q_a M Q_b^T``, for every head (vmap over rank-one outputs)."""
-    h, X, _, _ = _problem(head, opts, "squared", n=9, s=5, c=2)
+    head, opts = head_case
+    h, X, _, _ = _problem(scaled_data, head, opts, "squared", n=9, s=5, c=2)
     g = torch.Generator().manual_seed(4)
     P, p, q = h.variable_shape()
     A = torch.randn(P, p, 3, generator=g, dtype=torch.float64)
@@ -66,10 +50,10 @@ def test_widened_core_keeps_the_point():
 
 @pytest.mark.parametrize("loss", ["squared", "cross_entropy"])
 @pytest.mark.parametrize("head,opts", [("linear", {}), ("gated", {"num_gates": 2})])
-def test_polish_on_the_whole_space_is_the_global_optimum(head, opts, loss):
+def test_polish_on_the_whole_space_is_the_global_optimum(head, opts, loss, scaled_data):
     """With spans covering R^p and R^q the restricted problem is the full program: the proximal
     Newton polish from a crude point reaches the FISTA optimum (1e-6) and certifies."""
-    h, X, Y, lossf = _problem(head, opts, loss, n=20, s=3, d=2, c=2, seed=1)
+    h, X, Y, lossf = _problem(scaled_data, head, opts, loss, n=20, s=3, d=2, c=2, seed=1)
     beta = 0.1 if loss == "squared" else 0.05
     P, p, q = h.variable_shape()
     g = torch.Generator().manual_seed(2)
@@ -90,10 +74,10 @@ def test_polish_on_the_whole_space_is_the_global_optimum(head, opts, loss):
     assert info["end"] >= ref.dual_objective - 1e-9 * abs(ref.objective)  # never below a valid lower bound
 
 
-def test_polish_never_increases_and_makes_the_core_stationary():
+def test_polish_never_increases_and_makes_the_core_stationary(scaled_data):
     """From an L-BFGS point, the polish does not increase the objective and leaves the core
     gradient ``Q_a^T A^*(lam) Q_b`` with spectral norm <= beta (1 + 1e-3): optimal on the spans."""
-    h, X, Y, lossf = _problem("linear", {}, "cross_entropy", n=60, s=4, d=4, c=3, seed=3)
+    h, X, Y, lossf = _problem(scaled_data, "linear", {}, "cross_entropy", n=60, s=4, d=4, c=3, seed=3)
     beta = 0.02
     res = factorised(h, X, lossf, Y, beta, tol=1e-12, max_outer=3, polish=False, final_certificate=False)
     A, B = res.factors
@@ -109,8 +93,8 @@ def test_polish_never_increases_and_makes_the_core_stationary():
 
 
 @pytest.mark.parametrize("loss", ["squared", "cross_entropy"])
-def test_factorised_with_and_without_polish_agree(loss):
-    X, y = _data(loss, n=30, s=4, d=3, c=3, seed=4)
+def test_factorised_with_and_without_polish_agree(loss, scaled_data):
+    X, y = scaled_data(loss, n=30, s=4, d=3, c=3, seed=4)
     beta = 0.05 if loss == "squared" else 0.02
     on = fit("linear", X, y, beta, loss=loss, solver="factorised", tol=1e-5, polish=True, polish_trigger=1.0)
     off = fit("linear", X, y, beta, loss=loss, solver="factorised", tol=1e-5, polish=False)
@@ -120,13 +104,13 @@ def test_factorised_with_and_without_polish_agree(loss):
     assert on.dual_objective <= off.objective + 1e-9 and off.dual_objective <= on.objective + 1e-9
 
 
-def test_polish_option_errors():
-    X, y = _data("squared", n=12, s=3, d=2, c=2)
+def test_polish_option_errors(scaled_data):
+    X, y = scaled_data("squared", n=12, s=3, d=2, c=2)
     with pytest.raises(ValueError, match="polish must be True, False or 'auto'"):
         fit("linear", X, y, 0.1, solver="factorised", polish="yes")
     with pytest.raises(ValueError, match="polish_max_vars=1"):
         fit("linear", X, y, 0.1, solver="factorised", polish=True, polish_trigger=1.0, polish_max_vars=1)
-    h, Xp, Y, lossf = _problem("linear", {}, "squared", n=12, s=3, d=2, c=2)
+    h, Xp, Y, lossf = _problem(scaled_data, "linear", {}, "squared", n=12, s=3, d=2, c=2)
     op = FactoredOperator(h, Xp)
     A = torch.ones(1, 4, 1, dtype=torch.float64)
     B = torch.ones(1, 4, 1, dtype=torch.float64)
