@@ -17,9 +17,7 @@ CONFIG = {
 }
 
 
-def test_width_validation_and_solver_fallback():
-    from dualattn.convex.api import SOLVERS
-
+def test_width_and_solver_validation():
     tc = TransferConfig.model_validate(CONFIG).tasks[0]
     assert tc.resolve_widths(32) == [2, 3, 32]
     with pytest.raises(ValueError, match="width 64 exceeds the backbone width 32"):
@@ -32,9 +30,9 @@ def test_width_validation_and_solver_fallback():
         TransferConfig.model_validate(dict(CONFIG, heads=[*CONFIG["heads"][:3], dict(CONFIG["heads"][3], widths=None)]))
     with pytest.raises(ValueError, match="beta_grid"):
         TransferConfig.model_validate(dict(CONFIG, heads=[dict(CONFIG["heads"][0], beta_grid=[1.0])]))
-    assert resolve_solver("auto") == ("auto" if "auto" in SOLVERS else "fista")
+    assert resolve_solver("auto") == "auto"
     assert resolve_solver("fista") == "fista"
-    with pytest.raises(ValueError, match="solver"):
+    with pytest.raises(ValueError, match="solver: expected one of .*'factorised'.*got 'newton'"):
         resolve_solver("newton")
 
 
@@ -54,3 +52,16 @@ def test_config_validation_names_the_problem():
         TransferConfig.model_validate(dict(CONFIG, seeds=[]))
     with pytest.raises(ValueError, match="unique"):
         TransferConfig.model_validate(dict(CONFIG, heads=[CONFIG["heads"][0]] * 2))
+
+
+def test_with_max_time_copies_and_touches_only_the_named_convex_heads():
+    cfg = TransferConfig.model_validate(CONFIG)
+    convex = [h.name for h in cfg.heads if h.kind == "convex"]
+    assert convex, "the test config needs a convex head"
+    capped = cfg.with_max_time(120, heads=convex[:1])
+    assert capped.heads[[h.name for h in cfg.heads].index(convex[0])].options["max_time"] == 120.0
+    assert all("max_time" not in h.options for h in capped.heads if h.name != convex[0])
+    assert all("max_time" not in h.options for h in cfg.heads)  # the original is unchanged
+    assert all(h.options.get("max_time") == 5.0 for h in cfg.with_max_time(5).heads if h.kind == "convex")
+    with pytest.raises(ValueError, match="max_time: expected a positive number"):
+        cfg.with_max_time(0)

@@ -253,3 +253,24 @@ def test_width_option_runs_only_those_widths(tmp_path):
     assert bad.exit_code != 0 and "wide" in bad.output and "--width" in bad.output
     with pytest.raises(ValueError, match="positive integers or 'full'"):
         run_transfer(load_config(path), widths=[0])
+
+
+def test_max_time_option_caps_the_selected_convex_heads_and_is_recorded(tmp_path):
+    """`--max-time` sets each convex solve's time cap without editing the YAML (only the convex
+    heads selected by --head); every record of a convex head carries its caps in ``extra``."""
+    cfg = dict(CONFIG, seeds=[0], out_dir=str(tmp_path / "run"), feature_cache=str(tmp_path / "features"),
+               tasks=[dict(CONFIG["tasks"][0], widths=[2])],
+               heads=[{"name": "convex:linear", "kind": "convex", "head": "linear", "options": {"max_iter": 500}},
+                      {"name": "convex:mixer", "kind": "convex", "head": "mixer-linear"}])
+    path = tmp_path / "caps.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = CliRunner().invoke(app, ["transfer", str(path), "--head", "convex:linear", "--max-time", "45"])
+    assert res.exit_code == 0, res.output
+    (rec,) = read_results(tmp_path / "run")
+    assert rec.head == "convex:linear" and rec.extra["max_time"] == 45.0 and rec.extra["max_iter"] == 500
+    res = CliRunner().invoke(app, ["transfer", str(path)])  # no cap given: none recorded for the other head
+    assert res.exit_code == 0, res.output
+    mixer = [r for r in read_results(tmp_path / "run") if r.head == "convex:mixer"]
+    assert len(mixer) == 1 and "max_time" not in mixer[0].extra
+    bad = CliRunner().invoke(app, ["transfer", str(path), "--max-time", "0"])
+    assert bad.exit_code != 0 and "--max-time" in bad.output

@@ -56,6 +56,9 @@ def transfer(
                                     "processes running different heads may share one out_dir"),
     widths: list[str] = typer.Option(None, "--width", help="run only this token width (an integer, or 'full' for "
                                      "the backbone width; repeatable), e.g. every seed at 128 before 'full'"),
+    max_time: float = typer.Option(None, "--max-time", min=0.001, metavar="SECONDS",
+                                   help="time cap of each convex solve of the selected convex heads "
+                                        "(overrides their options.max_time; recorded in each result)"),
 ) -> None:
     """Fit convex and baseline heads on frozen backbone features; write a report."""
     from pydantic import ValidationError
@@ -71,6 +74,8 @@ def transfer(
         raise typer.Exit(2) from e
     if out_dir:
         cfg.out_dir = out_dir
+    if max_time is not None:
+        cfg = cfg.with_max_time(max_time, heads=heads or None)
     for what, unknown, names in unknown_choices(cfg, tasks, heads):
         raise typer.BadParameter(f"{unknown} not in {config} (its choices: {names})", param_hint=f"--{what[:-1]}")
     try:

@@ -154,6 +154,18 @@ class TransferConfig(BaseModel):
                                          f"widths {t.width_spec}")
         return self
 
+    def with_max_time(self, seconds: float, heads: list[str] | None = None) -> "TransferConfig":
+        """A copy in which every convex solve of the convex heads (those named in ``heads``;
+        default all) stops after ``seconds`` (``fit(max_time=...)``), e.g. to re-run uncertified
+        solves with a longer cap without editing the YAML; the cap is recorded in each result's ``extra``."""
+        if not seconds > 0:
+            raise ValueError(f"max_time: expected a positive number of seconds, got {seconds!r}")
+        new = self.model_copy(deep=True)
+        for h in new.heads:
+            if h.kind == "convex" and (heads is None or h.name in heads):
+                h.options = {**h.options, "max_time": float(seconds)}
+        return new
+
 
 def load_config(path: str | Path) -> TransferConfig:
     """Read and validate a YAML config."""

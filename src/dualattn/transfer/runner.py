@@ -131,18 +131,13 @@ def select_beta(score: Callable[[float], float], grid: list[float], max_extend: 
 
 
 def resolve_solver(name: str) -> str:
-    """The convex solver to pass to ``dualattn.convex.fit``.
-
-    ``"auto"`` is passed through when this dualattn's ``fit`` knows it
-    (automatic choice by problem size); an older ``fit`` without it gets ``"fista"``.
-    """
+    """The convex solver to pass to ``dualattn.convex.fit``: ``name`` checked against
+    :data:`dualattn.convex.api.SOLVERS` (``"auto"`` picks by problem size and loss)."""
     from dualattn.convex.api import SOLVERS
 
     if name in SOLVERS:
         return name
-    if name == "auto":
-        return "fista"
-    raise ValueError(f"solver: expected 'auto' or one of {SOLVERS}, got {name!r}")
+    raise ValueError(f"solver: expected one of {SOLVERS}, got {name!r}")
 
 
 def fit_convex_head(hc: HeadConfig, X, y, X_test, y_test, *, loss: str, beta: float, seed: int,
@@ -150,7 +145,8 @@ def fit_convex_head(hc: HeadConfig, X, y, X_test, y_test, *, loss: str, beta: fl
     """Fit a :mod:`dualattn.convex` head; returns ``(HeadResult, ConvexFit)``.
 
     ``hc.options`` go to ``fit`` and override ``solver``/``tol``; the certificate
-    (``rel_gap``, ``status``, ``iterations``, the solver that ran) is in ``extra``.
+    (``rel_gap``, ``status``, ``iterations``, the solver that ran) and the caps given
+    (``max_time``, ``max_iter``) are in ``extra``.
     """
     from dualattn.convex import fit
     from dualattn.convex.heads import get_head
@@ -165,7 +161,8 @@ def fit_convex_head(hc: HeadConfig, X, y, X_test, y_test, *, loss: str, beta: fl
     acc = lambda A, b: float((_labels(cf.predict(torch.as_tensor(A, dtype=torch.float64))) == b).mean())
     extra = {"rel_gap": finite_or_none(getattr(cf, "rel_gap", None)), "solver": getattr(cf, "solver", opts["solver"]),
              "loss": loss, "beta": beta, "status": getattr(cf, "status", None),
-             "iterations": getattr(cf, "iterations", None), "tol": opts["tol"]}
+             "iterations": getattr(cf, "iterations", None), "tol": opts["tol"],
+             **{cap: opts[cap] for cap in ("max_time", "max_iter") if opts.get(cap) is not None}}
     res = HeadResult(hc.name, acc(X, np.asarray(y)), acc(X_test, np.asarray(y_test)), float(cf.objective),
                      elapsed, _num_params(cf), gap=finite_or_none(getattr(cf, "gap", None)), extra=extra)
     return res, cf
