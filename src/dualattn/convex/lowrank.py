@@ -48,7 +48,14 @@ def compress(A: Tensor, B: Tensor, *, rtol: float = 1e-10, min_rank: int = 1) ->
     Singular values ``<= rtol * max`` are dropped (``Z`` changes by at most that);
     after balancing ``1/2 (||A||_F^2 + ||B||_F^2) = sum_g ||Z_g||_*`` exactly.
     """
-    U, S, V = balanced_svd(A, B)
+    return truncated_balanced(*balanced_svd(A, B), rtol=rtol, min_rank=min_rank)
+
+
+def truncated_balanced(U: Tensor, S: Tensor, V: Tensor, *, rtol: float = 1e-10,
+                       min_rank: int = 1) -> tuple[Tensor, Tensor]:
+    """``(U sqrt(S), V sqrt(S))`` from a batched SVD ``Z_g = U_g diag(S_g) V_g^T`` (``S`` descending),
+    singular values ``<= rtol * max`` over all blocks zeroed; the common rank is the largest block
+    rank kept (at least ``min_rank``, at most ``S.shape[1]``)."""
     smax = float(S.max()) if S.numel() else 0.0
     keep = S > rtol * smax if smax > 0 else torch.zeros_like(S, dtype=torch.bool)
     r = max(int(keep.sum(dim=1).max()) if keep.numel() else 0, min_rank)
@@ -62,4 +69,4 @@ def dense(A: Tensor, B: Tensor) -> Tensor:
     return A @ B.transpose(1, 2)
 
 
-__all__ = ["balanced_svd", "compress", "core_svd", "dense", "nuclear_norm"]
+__all__ = ["balanced_svd", "compress", "core_svd", "dense", "nuclear_norm", "truncated_balanced"]

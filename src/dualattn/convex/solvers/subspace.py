@@ -35,6 +35,7 @@ import time
 import torch
 from torch import Tensor
 
+from dualattn.convex import lowrank
 from dualattn.convex.losses import Loss
 
 SUPPORTED_LOSSES = ("squared", "cross_entropy")
@@ -56,11 +57,8 @@ def factors_from_core(Qa: Tensor, Qb: Tensor, M: Tensor, *, rtol: float = 1e-10)
     """Balanced factors ``(Q_a U sqrt(S), Q_b V sqrt(S))`` of ``Q_a M Q_b^T``, singular values
     ``<= rtol * max`` dropped (the common rank is the largest block rank kept)."""
     U, S, Vh = torch.linalg.svd(M, full_matrices=False)
-    smax = float(S.max()) if S.numel() else 0.0
-    keep = S > rtol * smax if smax > 0 else torch.zeros_like(S, dtype=torch.bool)
-    r = max(int(keep.sum(dim=1).max()), 1)
-    root = (S[:, :r] * keep[:, :r]).sqrt()
-    return Qa @ (U[:, :, :r] * root[:, None]), Qb @ (Vh.transpose(1, 2)[:, :, :r] * root[:, None])
+    Ur, Vr = lowrank.truncated_balanced(U, S, Vh.transpose(1, 2), rtol=rtol)
+    return Qa @ Ur, Qb @ Vr
 
 
 def core_jacobian(head, feats: dict, Qa: Tensor, Qb: Tensor) -> Tensor:
