@@ -274,3 +274,43 @@ def test_max_time_option_caps_the_selected_convex_heads_and_is_recorded(tmp_path
     assert len(mixer) == 1 and "max_time" not in mixer[0].extra
     bad = CliRunner().invoke(app, ["transfer", str(path), "--max-time", "0"])
     assert bad.exit_code != 0 and "--max-time" in bad.output
+
+
+def test_seed_option_splits_seeds_over_processes_and_skips_work_finished_elsewhere(tmp_path, monkeypatch):
+    """`--seed` runs only those seeds (beta still chosen on the config's first seed, once: a later
+    process reuses the stored selection); a run skips a cell another process sharing out_dir finished
+    after this run started; an unknown seed is refused naming the option."""
+    from dualattn.transfer import runner as runner_mod
+
+    cfg = dict(CONFIG, seeds=[0, 1, 2], out_dir=str(tmp_path / "run"), feature_cache=str(tmp_path / "features"),
+               tasks=[dict(CONFIG["tasks"][0], widths=[2])],
+               heads=[{"name": "convex:linear", "kind": "convex", "head": "linear", "beta_grid": [0.3, 3.0],
+                       "widths": [2], "options": {"max_iter": 500}}])
+    path = tmp_path / "seeds.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = CliRunner().invoke(app, ["transfer", str(path), "--seed", "1"])
+    assert res.exit_code == 0, res.output
+    assert [r.seed for r in read_results(tmp_path / "run")] == [1]
+    (sel,) = read_beta_selections(tmp_path / "run")
+    assert sel.seed == 0  # chosen on the config's first seed
+
+    fitted, real_fit = [], runner_mod._Run._fit_head
+
+    def fit_and_race(self, hc, X, y, Xs, ys, beta, seed, *args, **kwargs):
+        res = real_fit(self, hc, X, y, Xs, ys, beta, seed, *args, **kwargs)
+        fitted.append(seed)
+        if seed == 0:  # meanwhile "another process" finishes seed 2: copy the seed-1 record as seed 2
+            (rec,) = read_results(tmp_path / "run")
+            runner_mod.append_jsonl(tmp_path / "run" / "results.jsonl", rec.model_copy(update={"seed": 2}))
+        return res
+
+    monkeypatch.setattr(runner_mod._Run, "_fit_head", fit_and_race)
+    res = CliRunner().invoke(app, ["transfer", str(path)])
+    assert res.exit_code == 0, res.output
+    assert fitted == [0]  # no new beta search, seed 1 already done, seed 2 done "elsewhere"
+    assert sorted(r.seed for r in read_results(tmp_path / "run")) == [0, 1, 2]
+    assert len(read_beta_selections(tmp_path / "run")) == 1
+    bad = CliRunner().invoke(app, ["transfer", str(path), "--seed", "7"])
+    assert bad.exit_code != 0 and "--seed" in bad.output and "7" in bad.output
+    with pytest.raises(ValueError, match=r"seeds: \[7\] not in the config"):
+        run_transfer(load_config(path), seeds=[7])

@@ -56,6 +56,8 @@ def transfer(
                                     "processes running different heads may share one out_dir"),
     widths: list[str] = typer.Option(None, "--width", help="run only this token width (an integer, or 'full' for "
                                      "the backbone width; repeatable), e.g. every seed at 128 before 'full'"),
+    seeds: list[int] = typer.Option(None, "--seed", help="run only this seed of the config (repeatable; beta "
+                                    "is chosen on the config's first seed), e.g. one process per seed"),
     max_time: float = typer.Option(None, "--max-time", min=0.001, metavar="SECONDS",
                                    help="time cap of each convex solve of the selected convex heads "
                                         "(overrides their options.max_time; recorded in each result)"),
@@ -82,9 +84,12 @@ def transfer(
         parse_widths(widths)
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="--width") from e
+    if set(seeds or []) - set(cfg.seeds):
+        raise typer.BadParameter(f"{sorted(set(seeds) - set(cfg.seeds))} not in {config} (its seeds: {cfg.seeds})",
+                                 param_hint="--seed")
     try:
         path = (write_report(cfg.out_dir) if report_only
-                else run_transfer(cfg, tasks=tasks, heads=heads, widths=widths) / "report.md")
+                else run_transfer(cfg, tasks=tasks, heads=heads, widths=widths, seeds=seeds) / "report.md")
     except (RecordError, FileNotFoundError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from e

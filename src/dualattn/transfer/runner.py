@@ -35,8 +35,8 @@ import yaml
 from dualattn.transfer.config import HeadConfig, TaskConfig, TransferConfig, load_config
 from dualattn.transfer.features import TokenPCA, extract_features, reduce_tokens
 from dualattn.transfer.heads import HeadResult, fit_baseline, fit_nonconvex_counterpart
-from dualattn.transfer.records import (BetaSelection, BetaSolve, SolveInfo, TaskInfo, TransferResult, append_jsonl,
-                                       finite_or_none, read_beta_selections, read_beta_solves, read_results,
+from dualattn.transfer.records import (BetaSelection, BetaSolve, RecordError, SolveInfo, TaskInfo, TransferResult,
+                                       append_jsonl, finite_or_none, read_beta_selections, read_beta_solves, read_results,
                                        read_tasks, write_tasks)
 
 __all__ = ["TaskConfig", "HeadConfig", "TransferConfig", "load_config", "run_transfer", "feature_cache_root",
@@ -185,7 +185,7 @@ def _labels(pred) -> np.ndarray:
 
 def run_transfer(cfg: TransferConfig | str | Path, *, report: bool = True, console=None,
                  tasks: list[str] | None = None, heads: list[str] | None = None,
-                 widths: list[int | str] | None = None) -> Path:
+                 widths: list[int | str] | None = None, seeds: list[int] | None = None) -> Path:
     """Run every (task, seed, head, width) not yet in ``out_dir/results.jsonl``; write the report; return out_dir.
 
     ``tasks`` / ``heads``: run only these tasks / heads of the config (e.g. one task per process,
@@ -193,18 +193,26 @@ def run_transfer(cfg: TransferConfig | str | Path, *, report: bool = True, conso
     merged, not overwritten).  A head whose beta comes from another head (``beta_from``) reuses
     that head's stored selection, or makes it if it is not stored yet.  ``widths``: run only these
     token widths (ints, or ``"full"`` for the backbone width), e.g. d = 128 for every seed before d = 384.
+    ``seeds``: run only these of the config's seeds (beta is still chosen on the config's first seed),
+    e.g. one process per seed.  Before each fit the run re-reads ``results.jsonl`` and, for a missing
+    beta selection, ``beta_selection.jsonl``, so it skips what another process sharing ``out_dir`` has
+    finished meanwhile.
     """
     if not isinstance(cfg, TransferConfig):
         cfg = load_config(cfg)
     for what, unknown, names in unknown_choices(cfg, tasks, heads):
         raise ValueError(f"{what}: {unknown} not in the config (its {what}: {names})")
     only_widths = parse_widths(widths)
+    unknown_seeds = sorted(set(seeds or []) - set(cfg.seeds))
+    if unknown_seeds:
+        raise ValueError(f"seeds: {unknown_seeds} not in the config (its seeds: {cfg.seeds})")
     from rich.console import Console
 
     console = console or Console(stderr=True)
     threads_before = torch.get_num_threads()
     try:
-        _Run(cfg, console, set(tasks) if tasks else None, set(heads) if heads else None, only_widths).run()
+        _Run(cfg, console, set(tasks) if tasks else None, set(heads) if heads else None, only_widths,
+             set(seeds) if seeds else None).run()
     finally:
         torch.set_num_threads(threads_before)
     out = Path(cfg.out_dir)
@@ -253,13 +261,23 @@ def head_widths(hc: HeadConfig, tc: TaskConfig, full_width: int) -> list[int]:
     return spec.resolve_widths(full_width)
 
 
+def _reread(read, out: Path) -> list:
+    """``read(out)`` during a run; ``[]`` while another process is mid-way through appending a line
+    (the records it had are already known; the next re-read sees the finished line)."""
+    try:
+        return read(out)
+    except RecordError:
+        return []
+
+
 class _Run:
     """One ``run_transfer`` call: resumable state (finished records, beta selections) and the loops."""
 
     def __init__(self, cfg: TransferConfig, console, only_tasks: set[str] | None = None,
-                 only_heads: set[str] | None = None, only_widths: set[int | str] | None = None):
+                 only_heads: set[str] | None = None, only_widths: set[int | str] | None = None,
+                 only_seeds: set[int] | None = None):
         self.cfg, self.console = cfg, console
-        self.only_widths = only_widths
+        self.only_widths, self.only_seeds = only_widths, only_seeds
         # None: every task / head; config.yaml keeps the whole config, beta_from resolves to any head of it
         self.only_tasks, self.only_heads = only_tasks, only_heads
         self.out = Path(cfg.out_dir)
@@ -291,6 +309,11 @@ class _Run:
             write_tasks(out, {**read_tasks(out), tc.name: tasks_info[tc.name]})  # other processes' tasks stay
             self._run_task(tc, task, fs, C)
 
+    def _refreshed_done(self) -> set[tuple]:
+        """Keys finished by this run or, since it started, by another process sharing ``out_dir``."""
+        self.done |= {r.key for r in _reread(read_results, self.out)}
+        return self.done
+
     def _plan(self, tc: TaskConfig, C: int) -> list[tuple[HeadConfig, int]]:
         return [(hc, w) for hc in self.cfg.heads for w in head_widths(hc, tc, C)
                 if (self.only_heads is None or hc.name in self.only_heads)
@@ -298,7 +321,7 @@ class _Run:
 
     def _todo(self, tc: TaskConfig, C: int) -> list[tuple[int, HeadConfig, int]]:
         return [(s, hc, w) for s in self.cfg.seeds for hc, w in self._plan(tc, C)
-                if (tc.name, s, hc.name, w) not in self.done]
+                if (self.only_seeds is None or s in self.only_seeds) and (tc.name, s, hc.name, w) not in self.done]
 
     def _run_task(self, tc: TaskConfig, task, fs, C: int) -> None:
         cfg = self.cfg
@@ -308,6 +331,8 @@ class _Run:
             todo = [(hc, w) for s, hc, w in self._todo(tc, C) if s == seed]
             splits: dict[int, tuple] = {}
             for hc, w in todo:
+                if (tc.name, seed, hc.name, w) in self._refreshed_done():
+                    continue
                 beta, sel = self._beta(hc, tc, task, fs, reduced, w, C)
                 if w not in splits:
                     splits[w] = prepare_split(task, fs, tc, seed, w, reduced=reduced)
@@ -354,6 +379,8 @@ class _Run:
         if hc.beta_grid is None:
             return (hc.beta if hc.beta is not None else self.cfg.beta), None
         key = (tc.name, hc.name, w)
+        if key not in self.selections:  # made by another process sharing out_dir since this run started?
+            self.selections.update({s.key: s for s in _reread(read_beta_selections, self.out)})
         if key not in self.selections:
             self.selections[key] = sel = self._select(hc, tc, task, fs, reduced, w)
             append_jsonl(self.out / "beta_selection.jsonl", sel)
