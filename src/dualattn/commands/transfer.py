@@ -78,15 +78,12 @@ def transfer(
         cfg.out_dir = out_dir
     if max_time is not None:
         cfg = cfg.with_max_time(max_time, heads=heads or None)
-    for what, unknown, names in unknown_choices(cfg, tasks, heads):
+    for what, unknown, names in unknown_choices(cfg, tasks, heads, seeds):
         raise typer.BadParameter(f"{unknown} not in {config} (its choices: {names})", param_hint=f"--{what[:-1]}")
     try:
         parse_widths(widths)
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="--width") from e
-    if set(seeds or []) - set(cfg.seeds):
-        raise typer.BadParameter(f"{sorted(set(seeds) - set(cfg.seeds))} not in {config} (its seeds: {cfg.seeds})",
-                                 param_hint="--seed")
     try:
         path = (write_report(cfg.out_dir) if report_only
                 else run_transfer(cfg, tasks=tasks, heads=heads, widths=widths, seeds=seeds) / "report.md")

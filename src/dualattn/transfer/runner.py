@@ -200,12 +200,9 @@ def run_transfer(cfg: TransferConfig | str | Path, *, report: bool = True, conso
     """
     if not isinstance(cfg, TransferConfig):
         cfg = load_config(cfg)
-    for what, unknown, names in unknown_choices(cfg, tasks, heads):
+    for what, unknown, names in unknown_choices(cfg, tasks, heads, seeds):
         raise ValueError(f"{what}: {unknown} not in the config (its {what}: {names})")
     only_widths = parse_widths(widths)
-    unknown_seeds = sorted(set(seeds or []) - set(cfg.seeds))
-    if unknown_seeds:
-        raise ValueError(f"seeds: {unknown_seeds} not in the config (its seeds: {cfg.seeds})")
     from rich.console import Console
 
     console = console or Console(stderr=True)
@@ -223,11 +220,14 @@ def run_transfer(cfg: TransferConfig | str | Path, *, report: bool = True, conso
     return out
 
 
-def unknown_choices(cfg: TransferConfig, tasks: list[str] | None, heads: list[str] | None):
-    """``[(what, unknown names, the config's names)]`` for ``what`` in ``"tasks"``, ``"heads"`` (empty: all known)."""
+def unknown_choices(cfg: TransferConfig, tasks: list[str] | None, heads: list[str] | None,
+                    seeds: list[int] | None = None):
+    """``[(what, unknown choices, the config's choices)]`` for ``what`` in ``"tasks"``, ``"heads"``,
+    ``"seeds"`` (empty: all known)."""
     out = []
     for what, chosen, names in (("tasks", tasks, [tc.name for tc in cfg.tasks]),
-                                ("heads", heads, [hc.name for hc in cfg.heads])):
+                                ("heads", heads, [hc.name for hc in cfg.heads]),
+                                ("seeds", seeds, list(cfg.seeds))):
         unknown = [t for t in chosen or [] if t not in names]
         if unknown:
             out.append((what, unknown, names))
