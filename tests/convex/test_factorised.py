@@ -215,6 +215,41 @@ def test_choose_solver(scaled_data):
     assert choose_solver(fno, 1000, 10, 384, 100, "cross_entropy") == "fista"
     cone = get_head("mlp-relu-cone").setup(4, 1)
     assert choose_solver(cone, 10, 3, 4, 1, "squared") == "auglag"
+    # mixer-gated at d = 64: one SVD of Z is above the flop threshold, but Z is 2 MB and the
+    # factored forward costs 1.6x the dense one, so dense FISTA is kept
+    mixg = get_head("mixer-gated", num_gates=4).setup(64, 10, s=10)
+    assert mixg.factored_cost_ratio(10, 16) >= 1
+    assert choose_solver(mixg, 1000, 10, 64, 10, "cross_entropy") == "fista"
+    mixg_big = get_head("mixer-gated", num_gates=4).setup(384, 100, s=32)  # dense Z: 4 * 1024 * 38400 * 8 B
+    assert choose_solver(mixg_big, 1000, 32, 384, 100, "cross_entropy") == "factorised"
     assert choose_solver(big, 2000, 8, 64, 10, "squared", distributed=True) == "factorised"
     X, y = scaled_data("squared", n=12, s=3, d=3, c=2)
     assert fit("linear", X, y, 0.1).solver in ("fista", "admm")
+
+
+@pytest.mark.parametrize("name, opts, s, d, c", [
+    ("linear", {}, 10, 16, 10), ("linear", {}, 3, 5, 2),
+    ("gated", {"num_gates": 4}, 10, 16, 10), ("gated", {"num_gates": 2}, 3, 6, 4),
+    ("mixer-gated", {"num_gates": 4}, 10, 16, 10), ("mixer-gated", {"num_gates": 3}, 6, 8, 3),
+])
+def test_factored_cost_ratio_counts_the_matmul_flops(name, opts, s, d, c):
+    """``factored_cost_ratio`` (used by ``choose_solver``) equals the ratio of the matmul flops
+    that torch's FlopCounterMode counts in ``factored_apply`` and ``apply``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    head = get_head(name, **opts)
+    head = head.setup(d, c, s=s) if name.startswith("mixer") else head.setup(d, c)
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(7, s, d, dtype=torch.float64, generator=gen)
+    P, p, q = head.variable_shape()
+    r = 5
+    A = torch.randn(P, p, r, dtype=torch.float64, generator=gen)
+    B = torch.randn(P, q, r, dtype=torch.float64, generator=gen)
+    feats, ffeats, Z = head.features(X), head.factored_features(X), A @ B.transpose(1, 2)
+    with FlopCounterMode(display=False) as dense:
+        out_dense = head.apply(Z, feats)
+    with FlopCounterMode(display=False) as factored:
+        out_factored = head.factored_apply(A, B, ffeats)
+    torch.testing.assert_close(out_factored, out_dense)
+    measured = factored.get_total_flops() / dense.get_total_flops()
+    assert head.factored_cost_ratio(s, r) == pytest.approx(measured, rel=0.05)

@@ -171,6 +171,12 @@ class ConvexHead(abc.ABC):
         P, p, q = self.variable_shape()
         return P * s * max(s, self.d) * r * (torch.finfo(self.dtype).bits // 8)
 
+    def factored_cost_ratio(self, s: int, r: int) -> float | None:
+        """Flops of :meth:`factored_apply` at rank ``r`` over those of the dense :meth:`apply`, per
+        sample with ``s`` tokens (``None``: not known).  ``choose_solver`` keeps the dense solver for a
+        small ``Z`` when this is ``>= 1`` (the factored forward would be the slower one)."""
+        return None
+
     def factored_apply(self, A: Tensor, B: Tensor, feats: dict[str, Tensor]) -> Tensor:
         """``A_X(Z)`` for ``Z_g = A_g B_g^T`` (differentiable; default forms ``Z``)."""
         return self.apply(A @ B.transpose(1, 2), feats)

@@ -134,6 +134,13 @@ class GatedAttentionHead(ConvexHead):
         gradients): chunks of this size stay in cache, which matters more than their count."""
         return 4 * self.num_gates * s * self.d * r * (torch.finfo(self.dtype).bits // 8)
 
+    def factored_cost_ratio(self, s: int, r: int) -> float:
+        """``s r (d^2 + d c + c) / (d^3 c)``: matmul flops of :meth:`factored_apply` (pooled scores
+        ``E W1``, values ``X W2`` and their product: ``2 P s r (d^2 + d c + c)`` per sample) over those
+        of :meth:`apply` (``T`` times ``Z``: ``2 P d^3 c``)."""
+        d, c = self.d, self.c
+        return s * r * (d * d + d * c + c) / (d ** 3 * c)
+
     def _pooled_scores(self, A: Tensor, feats: dict[str, Tensor]) -> Tensor:
         """``q (n, P, r, s)``: column sums over queries ``t`` of the gated scores ``D_g ∘ (X W1 X^T)``."""
         d = self.d

@@ -77,6 +77,12 @@ class LinearAttentionHead(ConvexHead):
         """``X_i`` plus a few ``(d, r)`` intermediates (``u``, ``G u``)."""
         return (s * self.d + 4 * self.d * r + self.d * self.c) * (torch.finfo(self.dtype).bits // 8)
 
+    def factored_cost_ratio(self, s: int, r: int) -> float:
+        """``r (d + 2s + c) / (d^2 c)``: matmul flops of :meth:`factored_apply` (``xbar^T W1`` for every
+        column, ``G_i u`` as two ``(s, d)`` products, then ``W2``: ``2 r (d^2 + 2 s d + d c)`` per
+        sample) over those of :meth:`apply` (``G_i`` times the pooled ``Z``: ``2 d^3 c``)."""
+        return r * (self.d + 2 * s + self.c) / (self.d * self.d * self.c)
+
     @staticmethod
     def _gram(X: Tensor, T: Tensor) -> Tensor:
         """``G_i T_i = X_i^T (X_i T_i)`` for ``T (n, d, k)``."""

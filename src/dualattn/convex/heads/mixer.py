@@ -176,6 +176,12 @@ class MixerGatedHead(_MixerBase):
         G = torch.einsum("nue,njtek->jtuek", X, MV) / self.s
         return G.reshape(self.variable_shape())
 
+    def factored_cost_ratio(self, s: int, r: int) -> float:
+        """``r (s^2 + c) / (s c (s + 1))``: matmul flops of :meth:`factored_apply` (``W1 X`` for every
+        column, an ``(n, P, r, s, d)`` intermediate, then ``W2``: ``2 P r d (s^2 + c)`` per sample)
+        over those of :meth:`apply` (``2 P s d c (s + 1)``)."""
+        return r * (s * s + self.c) / (s * self.c * (s + 1))
+
     def factored_apply(self, A: Tensor, B: Tensor, feats: dict[str, Tensor]) -> Tensor:
         """The gated mixer's own forward: ``(1/s) sum_{j,r,t,e} M[j,t,e] (W1jr X)[t,e] W2jr[e,:]``."""
         s = self._require_s()
