@@ -72,10 +72,10 @@ def choose_solver(head: ConvexHead, n: int, s: int, d: int, c: int, loss: str | 
       MLP: small ``Z`` that the factored path would form anyway): ``"fista"``;
     * a dense ``Z`` of at most ``ADMM_MAX_BYTES`` whose head's factored forward costs at least
       the dense one at rank ``COST_RANK`` (:meth:`~ConvexHead.factored_cost_ratio` ``>= 1``: the
-      mixer-gated head, ``r (s^2 + c) / (s c (s + 1))``, 1.6 at ``s = c = 10``): ``"fista"``; measured on the transfer study's
-      digits-clutter tokens (mixer-gated, d = 64, s = 10, c = 10, n = 1000, cross-entropy,
-      300 s each, one thread): FISTA rel. gap 2.9e-3 (0.55 s per iteration), factorised 0.12
-      (2.6 s per evaluation);
+      mixer-gated head, ``r (s^2 + c) / (s c (s + 1))``, 1.6 at ``s = c = 10``): ``"fista"``;
+      measured on the transfer study's digits-clutter tokens (mixer-gated, d = 64, s = 10,
+      c = 10, n = 1000, cross-entropy, 300 s each, one thread): FISTA rel. gap 2.9e-3 (0.55 s
+      per iteration), factorised 0.12 (2.6 s per evaluation);
     * otherwise ``"factorised"``: memory ``O((p + q) r)`` instead of ``8 P p q`` bytes for ``Z``
       (4.5 GB for the linear head at ``d = 384``, ``c = 10``) and no SVD of ``Z``.
 
