@@ -86,7 +86,8 @@ class GatedMLPHead(ConvexHead):
         x, D = feats["x"], feats["D"]
         P, c = self.num_gates, self.c
         XZ = x @ Z.permute(1, 0, 2).reshape(self.d, P * c)  # (n, P c): x_i^T Z_g
-        return (XZ.view(-1, P, c) * D[:, :, None]).sum(dim=1)
+        # row-wise D_i^T XZ_i as one batched (1 x P)(P x c) product: no (n, P, c) temporary
+        return torch.bmm(D[:, None, :], XZ.view(-1, P, c))[:, 0]
 
     def adjoint(self, V: Tensor, feats: dict[str, Tensor]) -> Tensor:
         """``A^*(V)[g, a, k] = sum_i M_i[g, a] V_i[k]`` (``= sum_i D_ig x_ia V_ik`` for ``s = 1``)."""
@@ -94,8 +95,9 @@ class GatedMLPHead(ConvexHead):
         if "M" in feats:
             return (feats["M"].transpose(0, 1) @ V).reshape(P, self.d, c)
         x, D = feats["x"], feats["D"]
-        DV = (D[:, :, None] * V[:, None, :]).reshape(-1, P * c)  # (n, P c)
-        return (x.transpose(0, 1) @ DV).view(self.d, P, c).permute(1, 0, 2).contiguous()
+        # D^T (x_i V_i^T): the elementwise product is (n, d c), not (n, P c) (P > d usually)
+        xV = (x[:, :, None] * V[:, None, :]).reshape(x.shape[0], self.d * c)
+        return (D.transpose(0, 1) @ xV).view(P, self.d, c)
 
     def channel_features(self, feats: dict[str, Tensor]) -> Tensor:
         """``M`` (formed from ``x`` and ``D`` for ``s = 1``): ``A(Z)_i = M_i^T Z.reshape(P*d, c)``."""
