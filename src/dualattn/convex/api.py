@@ -33,7 +33,7 @@ from dualattn.convex.distributed import Comm
 from dualattn.convex.solvers import admm, augmented_lagrangian, factorised, fista, solve_cvxpy
 from dualattn.convex.solvers.admm import ADMM_HEADS, system_size as admm_system_size
 from dualattn.convex.solvers.admm import MAX_DIM as ADMM_MAX_DIM
-from dualattn.convex.solvers.factorised import FactoredOperator
+from dualattn.convex.solvers.factorised import GROW, FactoredOperator
 from dualattn.convex.solvers.result import SolveResult, certificate
 
 SOLVERS = ("auto", "fista", "factorised", "admm", "cvxpy", "auglag")
@@ -44,9 +44,9 @@ ADMM_MAX_BYTES = 2**26
 #: heads ``"auto"`` sends to ``admm`` for squared loss (``admm`` itself supports ``ADMM_HEADS``)
 ADMM_AUTO_HEADS = ("linear", "gated", "relu", "mixer-linear", "mixer-gated", "fno")
 FISTA_MAX_SVD_FLOPS = 2e7
-#: rank at which ``choose_solver`` compares the factored and dense forward costs (the factorised
-#: solver's first growth step adds ``grow = 16`` columns)
-COST_RANK = 16
+#: rank at which ``choose_solver`` compares the factored and dense forward costs: the factorised
+#: solver's first growth step adds ``GROW`` columns
+COST_RANK = GROW
 
 
 def choose_solver(head: ConvexHead, n: int, s: int, d: int, c: int, loss: str | Loss,

@@ -55,6 +55,9 @@ from dualattn.convex.losses import Loss
 from dualattn.convex.solvers import subspace
 from dualattn.convex.solvers.result import SolveResult, relative_gap
 
+#: default ``grow``: columns added per block by one rank-growth step
+GROW = 16
+
 
 class FactoredOperator:
     """``A_X`` of ``head`` on the (local) samples ``X``, evaluated from factors, ``chunk_size`` samples at a time."""
@@ -171,7 +174,7 @@ def factorised(
     max_outer: int = 200,
     inner_iters: int = 20,
     max_rank: int | None = None,
-    grow: int = 16,
+    grow: int = GROW,
     grow_tol: float = 0.0,
     check_steps: int = 30,
     delta: float = 1e-6,
